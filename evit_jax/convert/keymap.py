@@ -1,0 +1,201 @@
+"""PyTorch state dict (official or timm key names) -> Flax variables, strictly.
+
+The Flax modules carry the reference's names, so a key maps to a variable path by rule:
+numeric components join their parent (`stages.2.op_list.1` -> `stages_2/op_list_1`), and the
+leaf names translate as
+
+  conv / linear `weight` -> `kernel` (OIHW -> HWIO, or (O, I) -> (I, O))
+  norm `weight` -> `scale`; `bias` -> `bias`; embeddings `weight` -> `embedding`
+  `running_mean` / `running_var` -> `batch_stats/.../mean` / `var`;
+  `num_batches_tracked` is dropped.
+
+timm's names are first renamed to the official ones. Every target variable must be filled
+and every source key used with the right shape; otherwise one error lists all problems.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import numpy as np
+from flax.traverse_util import flatten_dict, unflatten_dict
+
+from evit_jax.zoo import create_model, init_variables, model_info
+
+Path = tuple[str, ...]
+
+
+class CheckpointMismatchError(ValueError):
+    """A state dict that does not fit the model; lists every missing, unexpected and
+    mis-shaped key."""
+
+    def __init__(self, model: str, missing: list[str], unexpected: list[str],
+                 mismatched: list[str]):
+        self.model, self.missing, self.unexpected, self.mismatched = (
+            model, missing, unexpected, mismatched)
+        parts = [f"the checkpoint does not match model {model!r}:"]
+        for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                             ("shape mismatches", mismatched)):
+            if items:
+                shown = "\n    ".join(items[:40])
+                more = f"\n    ... and {len(items) - 40} more" if len(items) > 40 else ""
+                parts.append(f"  {len(items)} {title}:\n    {shown}{more}")
+        if missing and unexpected:
+            parts.append("  Is this the checkpoint of another model? (evit_jax.list_models() "
+                         "lists names; timm files need the timm name, e.g. 'efficientvit_b1')")
+        super().__init__("\n".join(parts))
+
+
+# --------------------------------------------------------------------------------- timm names
+_TIMM_HEAD = [(r"^head\.in_conv\.", "head.op_list.0."),
+              (r"^head\.classifier\.0\.", "head.op_list.2.linear."),
+              (r"^head\.classifier\.1\.", "head.op_list.2.norm."),
+              (r"^head\.classifier\.4\.", "head.op_list.3.linear.")]
+
+
+def timm_to_official(key: str, family: str) -> str:
+    """Rename one key of timm's `efficientvit_mit` to the authors' naming."""
+    for pat, rep in _TIMM_HEAD:
+        if re.match(pat, key):
+            return re.sub(pat, rep, key)
+    stem = "backbone.input_stem" if family == "b" else "backbone.stages.0"
+    if key.startswith("stem.in_conv."):
+        return f"{stem}.op_list.0." + key[len("stem.in_conv."):]
+    m = re.match(r"^stem\.res(\d+)\.(.*)$", key)
+    if m:
+        return f"{stem}.op_list.{int(m.group(1)) + 1}.{m.group(2)}"
+    m = re.match(r"^stages\.(\d+)\.blocks\.(\d+)\.(.*)$", key)
+    if m:
+        stage = int(m.group(1)) + (0 if family == "b" else 1)
+        return f"backbone.stages.{stage}.op_list.{m.group(2)}.{m.group(3)}"
+    return key  # unknown: reported as unexpected
+
+
+# ------------------------------------------------------------------------------ key -> path
+def module_path(key: str) -> tuple[Path, str]:
+    """`a.b.0.1.c.weight` -> (("a", "b_0_1", "c"), "weight")."""
+    parts = key.split(".")
+    out: list[str] = []
+    for p in parts[:-1]:
+        if p.isdigit() and out:
+            out[-1] = f"{out[-1]}_{p}"
+        else:
+            out.append(p)
+    return tuple(out), parts[-1]
+
+
+def _torch_to_flax_kernel(w: np.ndarray) -> np.ndarray:
+    if w.ndim == 4:
+        return w.transpose(2, 3, 1, 0)   # (O, I/g, kh, kw) -> (kh, kw, I/g, O)
+    if w.ndim == 2:
+        return w.T                        # Linear (O, I) -> Dense (I, O)
+    return w
+
+
+# Extra rules for layers whose layout is not covered above (e.g. SAM's ConvTranspose):
+# (regex on the official key, flax leaf name, transform). Registered by the model packages.
+SPECIAL_RULES: list[tuple[re.Pattern, str, Callable[[np.ndarray], np.ndarray]]] = []
+
+
+def register_rule(pattern: str, leaf: str, fn: Callable[[np.ndarray], np.ndarray]) -> None:
+    SPECIAL_RULES.append((re.compile(pattern), leaf, fn))
+
+
+def _target_of(key: str, target: Mapping[tuple[str, ...], Any]
+               ) -> tuple[tuple[str, ...], Callable[[np.ndarray], np.ndarray]] | None:
+    """The flattened variable path a torch key fills, and the array transform; None if none."""
+    mod, leaf = module_path(key)
+    for pat, flax_leaf, fn in SPECIAL_RULES:
+        if pat.search(key):
+            return ("params", *mod, flax_leaf), fn
+    if leaf == "running_mean":
+        return ("batch_stats", *mod, "mean"), np.asarray
+    if leaf == "running_var":
+        return ("batch_stats", *mod, "var"), np.asarray
+    if leaf == "bias":
+        return ("params", *mod, "bias"), np.asarray
+    if leaf == "weight":
+        for name, fn in (("kernel", _torch_to_flax_kernel), ("scale", np.asarray),
+                         ("embedding", np.asarray)):
+            if ("params", *mod, name) in target:
+                return ("params", *mod, name), fn
+        return ("params", *mod, "kernel"), _torch_to_flax_kernel
+    if ("params", *mod, leaf) in target:  # plain parameters (e.g. SAM's token embeddings)
+        return ("params", *mod, leaf), np.asarray
+    return None
+
+
+def to_numpy(value: Any) -> np.ndarray:
+    """An array-like (numpy, torch tensor, jax array) as a float32 / integer numpy array."""
+    if hasattr(value, "detach"):  # a torch tensor, when torch is at hand
+        value = value.detach().cpu()
+        if str(value.dtype) == "torch.bfloat16":
+            value = value.float()
+        value = value.numpy()
+    a = np.asarray(value)
+    if a.dtype.kind == "f" and a.dtype != np.float32:
+        a = a.astype(np.float32)
+    return a
+
+
+def unwrap_state_dict(sd: Mapping[str, Any]) -> dict[str, Any]:
+    """Take `{"state_dict": ...}` / `{"model": ...}` wrappers and DDP `module.` prefixes off."""
+    for wrapper in ("state_dict", "model"):
+        if wrapper in sd and isinstance(sd[wrapper], Mapping):
+            sd = sd[wrapper]
+            break
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return dict(sd)
+
+
+def is_timm_style(keys) -> bool:
+    return any(k.startswith(("stem.", "stages.")) for k in keys)
+
+
+def convert_state_dict(name: str, state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """Convert a PyTorch state dict of zoo model `name` to Flax variables.
+
+    Args:
+      name: zoo name (`evit_jax.list_models()`).
+      state_dict: key -> array (numpy arrays or torch tensors), in the authors' naming
+        (optionally wrapped as `{"state_dict": ...}`) or, for `efficientvit_*` names, timm's.
+    Returns:
+      `{"params": ..., "batch_stats": ...}` of float32 numpy arrays, ready for
+      `create_model(name).apply(variables, x)`.
+    Raises:
+      CheckpointMismatchError: listing every missing, unexpected and mis-shaped key.
+    """
+    spec = model_info(name)
+    sd = unwrap_state_dict(state_dict)
+    family = "b" if spec.backbone.startswith("b") else "l"
+    timm = is_timm_style(sd)
+    model = create_model(name)
+    abstract = jax.eval_shape(lambda: init_variables(model, jax.random.key(0)))
+    target = {k: v for k, v in flatten_dict(abstract).items()}
+    out: dict[tuple[str, ...], np.ndarray] = {}
+    unexpected, mismatched, mismatched_paths = [], [], set()
+    for key, value in sd.items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        official = timm_to_official(key, family) if timm else key
+        hit = _target_of(official, target)
+        if hit is None or hit[0] not in target:
+            unexpected.append(key)
+            continue
+        path, fn = hit
+        arr = fn(to_numpy(value))
+        want = tuple(target[path].shape)
+        if arr.shape != want:
+            mismatched.append(f"{key}: checkpoint {tuple(to_numpy(value).shape)} "
+                              f"-> {arr.shape}, model expects {want} at {'/'.join(path)}")
+            mismatched_paths.add(path)
+            continue
+        out[path] = arr.astype(target[path].dtype, copy=False)
+    missing = ["/".join(p) for p in target if p not in out and p not in mismatched_paths]
+    if missing or unexpected or mismatched:
+        raise CheckpointMismatchError(name, missing, unexpected, mismatched)
+    return unflatten_dict(out)

@@ -1,0 +1,213 @@
+"""The model zoo: one table of variants, `create_model`, `list_models`, `model_info`.
+
+Names are the authors' (`efficientvit-b1-r224`, `efficientvit-seg-b0-cityscapes`,
+`efficientvit-sam-l0`) and timm's (`efficientvit_b1`; a pretrained tag such as
+`efficientvit_b1.r288_in1k` is accepted too). A resolution suffix only names the checkpoint's
+evaluation resolution; the architecture is the same at every resolution.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import fnmatch
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from evit_jax.models.backbone import BackboneConfig
+from evit_jax.models.cls import EfficientViTCls
+from evit_jax.models.heads import ClsHeadConfig, SegHeadConfig
+from evit_jax.models.seg import EfficientViTSeg
+
+_L = dict(family="l", dim=32, act="gelu")
+_XL = dict(family="l", dim=32, act="gelu", block_list=("res", "fmb", "fmb", "fmb", "att@3", "att@3"),
+           expand_list=(1, 4, 4, 4, 4, 6), fewer_norm_list=(False,) * 4 + (True, True))
+
+BACKBONES: dict[str, BackboneConfig] = {
+    "b0": BackboneConfig("b", (8, 16, 32, 64, 128), (1, 2, 2, 2, 2), dim=16),
+    "b1": BackboneConfig("b", (16, 32, 64, 128, 256), (1, 2, 3, 3, 4), dim=16),
+    "b2": BackboneConfig("b", (24, 48, 96, 192, 384), (1, 3, 4, 4, 6), dim=32),
+    "b3": BackboneConfig("b", (32, 64, 128, 256, 512), (1, 4, 6, 6, 9), dim=32),
+    "l0": BackboneConfig(width_list=(32, 64, 128, 256, 512), depth_list=(1, 1, 1, 4, 4), **_L),
+    "l1": BackboneConfig(width_list=(32, 64, 128, 256, 512), depth_list=(1, 1, 1, 6, 6), **_L),
+    "l2": BackboneConfig(width_list=(32, 64, 128, 256, 512), depth_list=(1, 2, 2, 8, 8), **_L),
+    "l3": BackboneConfig(width_list=(64, 128, 256, 512, 1024), depth_list=(1, 2, 2, 8, 8), **_L),
+    "xl0": BackboneConfig(width_list=(32, 64, 128, 256, 512, 1024),
+                          depth_list=(0, 1, 1, 2, 3, 3), **_XL),
+    "xl1": BackboneConfig(width_list=(32, 64, 128, 256, 512, 1024),
+                          depth_list=(1, 2, 2, 4, 6, 6), **_XL),
+}
+CLS_HEAD_WIDTHS = {"b0": (1024, 1280), "b1": (1536, 1600), "b2": (2304, 2560),
+                   "b3": (2304, 2560), "l1": (3072, 3200), "l2": (3072, 3200),
+                   "l3": (6144, 6400)}
+NORM_EPS = {"b": 1e-5, "l": 1e-7}  # the zoo's eps of every norm, per family
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """One zoo entry: the architecture and what is known of its pretrained weights.
+
+    Attributes:
+      name: zoo name.
+      task: "cls", "seg" or "sam".
+      backbone: key of BACKBONES.
+      head: the head config (ClsHeadConfig, SegHeadConfig, or SAM's).
+      norm_eps: eps of every norm (the reference's `set_norm_eps`).
+      attn_eps: LiteMLA eps (1e-15 official, 1e-5 timm).
+      key_style: checkpoint key naming, "official" or "timm".
+      resolution: evaluation resolution (H, W) of its checkpoint / fixtures.
+      crop_pct: evaluation center-crop ratio (classification).
+      checkpoint: file name of the official checkpoint, if one is published.
+      paper: published accuracy, e.g. {"top1": 79.39, "top5": 94.346} or {"miou": 80.547}.
+    """
+
+    name: str
+    task: str
+    backbone: str
+    head: Any
+    norm_eps: float
+    attn_eps: float = 1e-15
+    key_style: str = "official"
+    resolution: tuple[int, int] = (224, 224)
+    crop_pct: float = 1.0
+    checkpoint: str | None = None
+    paper: dict | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return self.head.num_classes
+
+
+# ---------------------------------------------------------------------------------------------
+# The table. Classification: (variant, resolution or None, top-1, top-5) from the authors'
+# README; no suffix = architecture only. Segmentation: one row per released checkpoint.
+_CLS = [
+    ("b0", None, None, None), ("b0", 224, None, None),
+    ("b1", None, None, None), ("b1", 224, 79.390, 94.346), ("b1", 256, 79.918, 94.704),
+    ("b1", 288, 80.410, 94.984),
+    ("b2", None, None, None), ("b2", 224, 82.100, 95.782), ("b2", 256, 82.698, 96.096),
+    ("b2", 288, 83.086, 96.302),
+    ("b3", None, None, None), ("b3", 224, 83.468, 96.356), ("b3", 256, 83.806, 96.514),
+    ("b3", 288, 84.150, 96.732),
+    ("l1", None, None, None), ("l1", 224, 84.484, 96.862),
+    ("l2", None, None, None), ("l2", 224, 85.050, None), ("l2", 256, 85.366, None),
+    ("l2", 288, 85.630, None), ("l2", 320, 85.734, None), ("l2", 384, 85.978, None),
+    ("l3", None, None, None), ("l3", 224, 85.814, None), ("l3", 256, 85.938, None),
+    ("l3", 288, 86.070, None), ("l3", 320, 86.230, None), ("l3", 384, 86.408, None),
+]
+# (variant, dataset, head_width, depth, expand, middle, final_expand, mIoU)
+_SEG = [
+    ("b0", "cityscapes", 32, 1, 4, "mbconv", 4, 75.653),
+    ("b1", "cityscapes", 64, 3, 4, "mbconv", 4, 80.547),
+    ("b2", "cityscapes", 96, 3, 4, "mbconv", 4, 82.073),
+    ("b3", "cityscapes", 128, 3, 4, "mbconv", 4, 83.016),
+    ("l1", "cityscapes", 256, 3, 1, "fmbconv", None, 82.716),
+    ("l2", "cityscapes", 256, 5, 1, "fmbconv", None, 83.228),
+    ("b1", "ade20k", 64, 3, 4, "mbconv", None, 42.840),
+    ("b2", "ade20k", 96, 3, 4, "mbconv", None, 45.941),
+    ("b3", "ade20k", 128, 3, 4, "mbconv", None, 49.013),
+    ("l1", "ade20k", 128, 3, 4, "fmbconv", 8, 49.191),
+    ("l2", "ade20k", 128, 3, 4, "fmbconv", 8, 50.702),
+]
+SEG_DATASETS = {"cityscapes": dict(num_classes=19, resolution=(1024, 2048)),
+                "ade20k": dict(num_classes=150, resolution=(512, 512))}
+
+
+def _build_table() -> dict[str, ModelSpec]:
+    table: dict[str, ModelSpec] = {}
+    for v, res, top1, top5 in _CLS:
+        fam = BACKBONES[v].family
+        name = f"efficientvit-{v}" + (f"-r{res}" if res else "")
+        crop = 0.95 if v == "b1" else 1.0
+        table[name] = ModelSpec(
+            name, "cls", v, ClsHeadConfig(CLS_HEAD_WIDTHS[v]), NORM_EPS[fam],
+            resolution=(res or 224,) * 2, crop_pct=crop,
+            checkpoint=f"efficientvit_{v}_r{res}.pt" if res else None,
+            paper={"top1": top1, "top5": top5} if top1 else None)
+    for v, ds, width, depth, expand, middle, fexp, miou in _SEG:
+        bb = BACKBONES[v]
+        name = f"efficientvit-seg-{v}-{ds}"
+        head = SegHeadConfig(tuple(bb.width_list[4:1:-1]), width, depth, expand, middle, fexp,
+                             SEG_DATASETS[ds]["num_classes"])
+        table[name] = ModelSpec(name, "seg", v, head, NORM_EPS[bb.family],
+                                resolution=SEG_DATASETS[ds]["resolution"],
+                                checkpoint=f"efficientvit_seg_{v}_{ds}.pt", paper={"miou": miou})
+    for v in ("b0", "b1", "b2", "b3", "l1", "l2", "l3"):  # timm: own key names, attn eps 1e-5
+        name = f"efficientvit_{v}"
+        table[name] = dataclasses.replace(table[f"efficientvit-{v}"], name=name, attn_eps=1e-5,
+                                          key_style="timm", crop_pct=0.95 if v[0] == "b" else 1.0)
+    return table
+
+
+MODELS: dict[str, ModelSpec] = _build_table()
+_FACTORIES: dict[str, Any] = {"cls": EfficientViTCls, "seg": EfficientViTSeg}
+
+
+def register(spec: ModelSpec, factory: Any = None) -> None:
+    """Add a zoo entry (and, for a new task, the module class that builds it)."""
+    MODELS[spec.name] = spec
+    if factory is not None:
+        _FACTORIES[spec.task] = factory
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """Every zoo name (sorted), optionally filtered by a shell pattern like `*seg*`."""
+    names = sorted(MODELS)
+    return fnmatch.filter(names, pattern) if pattern else names
+
+
+def _canonical(name: str) -> str:
+    base = name.split(".", 1)[0] if name.startswith("efficientvit_") else name
+    if base not in MODELS:
+        close = difflib.get_close_matches(name, list(MODELS), n=4, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown model {name!r}{hint} (evit_jax.list_models() lists all)")
+    return base
+
+
+def model_info(name: str) -> ModelSpec:
+    """The zoo entry of `name` (architecture, eps, resolution, checkpoint, paper numbers)."""
+    return MODELS[_canonical(name)]
+
+
+def init_variables(model: nn.Module, rng: Any) -> dict[str, Any]:
+    """Freshly initialised variables (`params`, `batch_stats`) of a zoo module.
+
+    Modules whose `__call__` takes more than an image batch (SAM) provide
+    `example_inputs()`; the others are initialised on a 64x64 image (parameter shapes do not
+    depend on the resolution).
+    """
+    args = model.example_inputs() if hasattr(model, "example_inputs") \
+        else (jnp.zeros((1, 64, 64, 3), jnp.float32),)
+    return dict(model.init(rng, *args))
+
+
+def create_model(name: str, dtype: Any = jnp.float32, **overrides: Any) -> nn.Module:
+    """Build the Flax module of a zoo model (parameters come separately, as `variables`).
+
+    Args:
+      name: a zoo name (`list_models()`).
+      dtype: compute dtype (`jnp.float32` or `jnp.bfloat16`); parameters stay float32 and
+        linear attention runs in float32.
+      **overrides: module fields, e.g. `drop_path=0.1`, `zero_init_last=True`, or
+        `num_classes=10` (a new classifier for fine-tuning).
+    Returns:
+      A `flax.linen.Module`; `model.apply(variables, x)` runs inference on `[N, H, W, 3]`.
+    """
+    spec = model_info(name)
+    factory = _FACTORIES[spec.task]
+    if spec.task == "sam":
+        return factory.from_spec(spec, dtype=dtype, **overrides)
+    head = spec.head
+    if "num_classes" in overrides:
+        head = dataclasses.replace(head, num_classes=int(overrides.pop("num_classes")))
+    fields = {f.name for f in dataclasses.fields(factory)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise TypeError(f"create_model({name!r}) got unknown options {unknown}; "
+                        f"allowed: {sorted(fields - {'parent', 'name', 'backbone_cfg', 'head_cfg'})}")
+    kw = dict(norm_eps=spec.norm_eps, attn_eps=spec.attn_eps, dtype=dtype)
+    kw.update(overrides)
+    return factory(BACKBONES[spec.backbone], head, **kw)
