@@ -22,7 +22,8 @@ from evit_jax.models.heads import ClsHeadConfig, SegHeadConfig
 from evit_jax.models.seg import EfficientViTSeg
 
 _L = dict(family="l", dim=32, act="gelu")
-_XL = dict(family="l", dim=32, act="gelu", block_list=("res", "fmb", "fmb", "fmb", "att@3", "att@3"),
+_XL = dict(family="l", dim=32, act="gelu",
+           block_list=("res", "fmb", "fmb", "fmb", "att@3", "att@3"),
            expand_list=(1, 4, 4, 4, 4, 6), fewer_norm_list=(False,) * 4 + (True, True))
 
 BACKBONES: dict[str, BackboneConfig] = {
@@ -197,17 +198,16 @@ def create_model(name: str, dtype: Any = jnp.float32, **overrides: Any) -> nn.Mo
       A `flax.linen.Module`; `model.apply(variables, x)` runs inference on `[N, H, W, 3]`.
     """
     spec = model_info(name)
-    factory = _FACTORIES[spec.task]
-    if spec.task == "sam":
-        return factory.from_spec(spec, dtype=dtype, **overrides)
+    factory = _FACTORIES[spec.task]  # every task's module: (backbone_cfg, head_cfg, eps..., dtype)
     head = spec.head
     if "num_classes" in overrides:
         head = dataclasses.replace(head, num_classes=int(overrides.pop("num_classes")))
     fields = {f.name for f in dataclasses.fields(factory)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
+        allowed = sorted(fields - {"parent", "name", "backbone_cfg", "head_cfg"})
         raise TypeError(f"create_model({name!r}) got unknown options {unknown}; "
-                        f"allowed: {sorted(fields - {'parent', 'name', 'backbone_cfg', 'head_cfg'})}")
+                        f"allowed: {allowed}")
     kw = dict(norm_eps=spec.norm_eps, attn_eps=spec.attn_eps, dtype=dtype)
     kw.update(overrides)
     return factory(BACKBONES[spec.backbone], head, **kw)
