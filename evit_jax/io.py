@@ -47,7 +47,7 @@ def register_workdir_loader(detect: Callable[[Path], bool],
 # ------------------------------------------------------------------------------- saving
 def _flat(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
     flat = flatten_dict(dict(variables), sep="/")
-    return {k: np.ascontiguousarray(np.asarray(v)) for k, v in flat.items()}
+    return {k: np.asarray(v, order="C") for k, v in flat.items()}  # keeps 0-d shapes
 
 
 def save_variables(variables: Mapping[str, Any], directory: str | os.PathLike, *,

@@ -56,6 +56,10 @@ def convert_checkpoint(model: str, src: str | Path, dst: str | Path, *, key: str
     except ValueError as e:
         raise UsageError(str(e)) from None
     src, dst = Path(src), Path(dst)
+    if verify:  # fail before any work when torch is missing
+        from evit_jax.convert.verify import require_torch
+
+        require_torch()
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())) and not overwrite:
         raise UsageError(f"destination {dst} already exists and is not empty; choose a new "
                          "--dst or pass --overwrite")

@@ -111,8 +111,9 @@ def _make_array(storage: _Storage, offset: int, size: tuple, stride: tuple,
         if all(n == 1 or s == c for n, s, c in zip(size, stride, contiguous)):
             arr = flat[offset: offset + int(np.prod(size))].reshape(size)
         else:
-            arr = np.ascontiguousarray(np.lib.stride_tricks.as_strided(
-                flat[offset:], size, tuple(s * raw.itemsize for s in stride), writeable=False))
+            arr = np.lib.stride_tricks.as_strided(  # copied: C order, no aliasing
+                flat[offset:], size, tuple(s * raw.itemsize for s in stride),
+                writeable=False).copy()
     return _widen(arr, dtype.name)
 
 
