@@ -147,6 +147,17 @@ def test_malicious_pickle_is_not_executed(tmp_path, kind):
         assert sentinel.exists()
 
 
+def test_pickle_cannot_modify_allowed_functions(tmp_path):
+    """BUILD on an allowed global would change it for the whole process: refused."""
+    from evit_jax.convert import torch_pickle
+
+    path = tmp_path / "build.pt"  # PROTO 2; GLOBAL f; {'evil': 1}; BUILD; STOP
+    path.write_bytes(b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n(dVevil\nI1\nsb.")
+    with pytest.raises(CheckpointFormatError, match="state for an object of type function"):
+        load_checkpoint(path)
+    assert not hasattr(torch_pickle._rebuild_tensor_v2, "evil")
+
+
 def test_truncated_and_corrupt_files(tmp_path):
     sd = {"w": torch.randn(64, 64), "b": torch.randn(64)}
     for name, legacy in (("zip.pt", False), ("legacy.pt", True)):
@@ -181,6 +192,7 @@ def test_truncated_and_corrupt_files(tmp_path):
         load_checkpoint(tmp_path / "empty.pt")
 
 
+@pytest.mark.filterwarnings("ignore:.*torch.jit.*:DeprecationWarning")
 def test_unknown_formats(tmp_path):
     cases = {"random.pt": np.random.default_rng(0).bytes(4096),
              "lfs.bin": b"version https://git-lfs.github.com/spec/v1\noid sha256:ab\n",
@@ -195,6 +207,9 @@ def test_unknown_formats(tmp_path):
         zf.writestr("readme.txt", "hello")
     with pytest.raises(CheckpointFormatError, match="without data.pkl"):
         load_checkpoint(tmp_path / "other.zip")
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), tmp_path / "scripted.pt")
+    with pytest.raises(CheckpointFormatError, match="TorchScript archive"):
+        load_checkpoint(tmp_path / "scripted.pt")
     with pytest.raises(FileNotFoundError, match="no such checkpoint"):
         load_checkpoint(tmp_path / "missing.pt")
 

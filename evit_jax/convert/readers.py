@@ -26,7 +26,8 @@ from evit_jax.convert.errors import (
     CheckpointFormatError,
     TruncatedCheckpointError,
 )
-from evit_jax.convert.torch_pickle import read_torch_legacy, read_torch_zip
+from evit_jax.convert.torch_legacy import read_torch_legacy
+from evit_jax.convert.torch_pickle import read_torch_zip
 
 # Wrappers a training script puts around the weights, tried in this order.
 STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict", "module", "net")

@@ -9,9 +9,10 @@ names, `OrderedDict` and a few harmless builtins, numpy scalars) to local numpy-
 functions; any other name raises `UnsafeCheckpointError` before anything is called.
 
 Tensors come back as numpy arrays with their dtype, shape, strides and storage offset
-honoured (bfloat16 and float8 widened to float32: numpy has no such types). A tensor that
-covers its storage contiguously is a view of the storage buffer (tensors sharing a storage
-share memory, as in torch); any other layout is copied to a C-contiguous array.
+honoured (bfloat16 and float8 widened to float32: numpy has no such types). A C-contiguous
+tensor is a view of its storage's buffer (tensors sharing a storage share memory, as in
+torch); any other layout is copied to a C-contiguous array. This module reads the zip format;
+`torch_legacy` the older one with the same unpickler.
 """
 
 from __future__ import annotations
@@ -27,13 +28,11 @@ from typing import IO, Any
 import numpy as np
 
 from evit_jax.convert.errors import (
+    SUPPORTED_FORMATS,
     CheckpointFormatError,
     TruncatedCheckpointError,
     UnsafeCheckpointError,
 )
-
-LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # first pickle of a pre-1.6 torch.save file
-LEGACY_PROTOCOL = 1001
 
 # torch dtype name -> numpy dtype of the raw elements (bfloat16 read as uint16, float8 as uint8)
 _DTYPES = {
@@ -208,8 +207,15 @@ _ALLOWED: dict[tuple[str, str], Any] = {
 }
 
 
-class _Unpickler(pickle.Unpickler):
-    """Resolves globals only from `_ALLOWED`; storages come from `load_storage(pid)`."""
+class _Unpickler(pickle._Unpickler):  # the Python implementation: its opcodes can be replaced
+    """Resolves globals only from `_ALLOWED`; storages come from `load_storage(pid)`.
+
+    BUILD (set an object's state) is limited to numpy arrays and dtypes, and to the attribute
+    dict torch pickles with a state dict's OrderedDict (dropped): otherwise a pickle could
+    reach into the allowed functions and classes and change them for the whole process.
+    """
+
+    dispatch = dict(pickle._Unpickler.dispatch)
 
     def __init__(self, file: IO[bytes], path: object, load_storage=None):
         super().__init__(file, encoding="utf-8")
@@ -229,6 +235,16 @@ class _Unpickler(pickle.Unpickler):
                 "save plain dense CPU tensors instead (t.dequantize() / t.to_dense() / t.cpu())")
         raise UnsafeCheckpointError(self._path, f"the Python global '{module}.{name}'")
 
+    def load_build(self) -> None:
+        state = self.stack.pop()
+        inst = self.stack[-1]
+        if isinstance(inst, (np.ndarray, np.dtype)):
+            inst.__setstate__(state)
+        elif not (type(inst) is collections.OrderedDict and isinstance(state, dict)):
+            raise _Bad(f"state for an object of type {type(inst).__name__}")
+
+    dispatch[pickle.BUILD[0]] = load_build
+
     def persistent_load(self, pid: Any) -> _Storage:
         if self._load_storage is None or not (isinstance(pid, tuple) and len(pid) >= 5
                                               and pid[0] == "storage"
@@ -246,16 +262,17 @@ def _unpickle(file: IO[bytes], path: object, load_storage=None) -> Any:
         raise TruncatedCheckpointError(path, f"{type(e).__name__}: {e}") from None
 
 
-# --------------------------------------------------------------------------- the two formats
+# ----------------------------------------------------------------------------- zip format
 def read_torch_zip(path: object, zf: zipfile.ZipFile) -> Any:
     """Objects of a zip-format `torch.save` file (torch >= 1.6), tensors as numpy arrays."""
     names = zf.namelist()
+    if any(n.endswith("constants.pkl") or "/code/" in n for n in names):
+        raise CheckpointFormatError(f"{path}: a TorchScript archive (torch.jit.save), which "
+                                    "holds code; save model.state_dict() with torch.save")
     pkls = sorted((n for n in names if n == "data.pkl" or n.endswith("/data.pkl")), key=len)
     if not pkls:
-        kind = ("a TorchScript archive (torch.jit.save); save model.state_dict() with "
-                "torch.save instead" if any(n.endswith("constants.pkl") for n in names)
-                else "a zip archive without data.pkl, not a torch.save checkpoint")
-        raise CheckpointFormatError(f"{path}: {kind}")
+        raise CheckpointFormatError(f"{path}: a zip archive without data.pkl, not a "
+                                    f"torch.save checkpoint. Supported: {SUPPORTED_FORMATS}.")
     root = pkls[0][: -len("data.pkl")]
     big = root + "byteorder" in names and zf.read(root + "byteorder").strip() == b"big"
     cache: dict[str, _Storage] = {}
@@ -278,47 +295,3 @@ def read_torch_zip(path: object, zf: zipfile.ZipFile) -> Any:
 
     with zf.open(pkls[0]) as f:
         return _unpickle(f, path, load_storage)
-
-
-def read_torch_legacy(path: object, f: IO[bytes]) -> Any:
-    """Objects of a pre-1.6 `torch.save` file: magic, version, sys info, the object pickle,
-    the sorted storage keys, then each storage as an int64 element count and its bytes."""
-    if _unpickle(f, path) != LEGACY_MAGIC:
-        raise CheckpointFormatError(f"{path}: a pickle file, but not a PyTorch checkpoint")
-    version = _unpickle(f, path)
-    if version != LEGACY_PROTOCOL:
-        raise CheckpointFormatError(f"{path}: unsupported legacy torch format {version}")
-    info = _unpickle(f, path)
-    big = not (info.get("little_endian", True) if isinstance(info, dict) else True)
-    start = f.tell()
-    seen: dict[str, tuple[_DType, int, Any]] = {}
-
-    def skim(pid: tuple) -> _Storage:  # first pass: only learn what storages exist
-        seen[pid[2]] = (pid[1], int(pid[4]), pid[5] if len(pid) > 5 else None)
-        return _Storage(pid[1], None, big)
-
-    _unpickle(f, path, skim)
-    storages: dict[str, _Storage] = {}
-    for key in _unpickle(f, path):
-        if key not in seen:
-            raise CheckpointFormatError(f"{path}: storage {key!r} is not used by any tensor")
-        dtype, numel = seen[key][:2]
-        head = f.read(8)
-        count = int.from_bytes(head, "big" if big else "little") if len(head) == 8 else -1
-        data = np.frombuffer(f.read(max(count, 0) * _itemsize(dtype)), np.uint8).copy()
-        if count < numel or data.size != count * _itemsize(dtype):
-            raise TruncatedCheckpointError(path, f"storage {key} is too short")
-        storages[key] = _Storage(dtype, data, big)
-
-    def load_storage(pid: tuple) -> _Storage:
-        key, view = pid[2], pid[5] if len(pid) > 5 else None
-        if view is not None:  # (root key, element offset, element count): a storage view
-            root, off, n = view[0], int(view[1]), int(view[2])
-            if root not in storages:
-                raise _Bad(f"a view of a missing storage {root!r}")
-            size = _itemsize(storages[root].dtype)
-            return _Storage(pid[1], storages[root].data[off * size: (off + n) * size], big)
-        return storages[key]
-
-    f.seek(start)
-    return _unpickle(f, path, load_storage)
