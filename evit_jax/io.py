@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
@@ -84,12 +85,14 @@ def save_variables(variables: Mapping[str, Any], directory: str | os.PathLike, *
               "metadata": dict(metadata or {})}
     text = json.dumps(config, indent=2, sort_keys=True) + "\n"  # fail early if not JSON-able
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
+    tmp = dst.parent / f".{dst.name}.tmp-{secrets.token_hex(6)}"
+    tmp.mkdir()  # unlike mkdtemp, honours the umask: the result is as readable as any dir
     try:
         save_file(flat, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT,
                                                             "model": model or ""})
         (tmp / CONFIG_FILE).write_text(text)
         for name in (WEIGHTS_FILE, CONFIG_FILE):
+            os.chmod(tmp / name, tmp.stat().st_mode & 0o666)  # safetensors writes 0600
             with open(tmp / name, "rb") as f:
                 os.fsync(f.fileno())
         _move_into_place(tmp, dst)

@@ -41,6 +41,10 @@ def test_round_trip(tmp_path):
     out = evit_jax.save_variables(v, tmp_path / "a" / "b", model="efficientvit-b0",
                                   metadata={"source_sha256": "ab" * 32})
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "variables.safetensors"]
+    (tmp_path / "plain").mkdir()  # permissions as for any new directory (not mkdtemp's 0700)
+    mode = (tmp_path / "plain").stat().st_mode
+    assert out.stat().st_mode == mode
+    assert all(p.stat().st_mode & 0o777 == mode & 0o666 for p in out.iterdir())
     _assert_same(v, evit_jax.load_variables(out))
     cfg = evio.read_config(out)
     assert cfg["model"] == "efficientvit-b0" and cfg["format_version"] == evio.FORMAT_VERSION
