@@ -128,7 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (0 ok, 1 error, 2 bad usage)."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # argparse: --help (0) or a bad command line (2), already printed
+        return int(e.code or 0)
     try:
         s = convert_checkpoint(args.model, args.src, args.dst, key=args.key, verify=args.verify,
                                overwrite=args.overwrite)
