@@ -2,7 +2,8 @@
 
 Layout: five pickles in a row -- the magic number, the format version, a dict of host facts
 (`little_endian`, type sizes), the object itself (tensors refer to storages by key), the
-sorted list of storage keys -- then, per key, its element count as int64 and its raw bytes.
+sorted list of storage keys -- then, per key, its element count as int64 and its raw bytes
+(both little-endian, whatever the host).
 The object pickle is read twice: once to learn each storage's dtype, then, with the bytes
 loaded, to build the arrays.
 """
@@ -27,14 +28,13 @@ def read_torch_legacy(path: object, f: IO[bytes]) -> Any:
     version = _unpickle(f, path)
     if version != LEGACY_PROTOCOL:
         raise CheckpointFormatError(f"{path}: unsupported legacy torch format {version}")
-    info = _unpickle(f, path)
-    big = not (info.get("little_endian", True) if isinstance(info, dict) else True)
+    _unpickle(f, path)  # host facts; torch wrote the storages little-endian on any host
     start = f.tell()
     seen: dict[str, tuple[_DType, int, Any]] = {}
 
     def skim(pid: tuple) -> _Storage:  # first pass: only learn what storages exist
         seen[pid[2]] = (pid[1], int(pid[4]), pid[5] if len(pid) > 5 else None)
-        return _Storage(pid[1], None, big)
+        return _Storage(pid[1], None)
 
     _unpickle(f, path, skim)
     storages: dict[str, _Storage] = {}
@@ -43,11 +43,11 @@ def read_torch_legacy(path: object, f: IO[bytes]) -> Any:
             raise CheckpointFormatError(f"{path}: storage {key!r} is not used by any tensor")
         dtype, numel = seen[key][:2]
         head = f.read(8)
-        count = int.from_bytes(head, "big" if big else "little") if len(head) == 8 else -1
+        count = int.from_bytes(head, "little") if len(head) == 8 else -1
         data = np.frombuffer(f.read(max(count, 0) * _itemsize(dtype)), np.uint8).copy()
         if count < numel or data.size != count * _itemsize(dtype):
             raise TruncatedCheckpointError(path, f"storage {key} is too short")
-        storages[key] = _Storage(dtype, data, big)
+        storages[key] = _Storage(dtype, data)
 
     def load_storage(pid: tuple) -> _Storage:
         key, view = pid[2], pid[5] if len(pid) > 5 else None
@@ -56,7 +56,7 @@ def read_torch_legacy(path: object, f: IO[bytes]) -> Any:
             if root not in storages:
                 raise _Bad(f"a view of a missing storage {root!r}")
             size = _itemsize(storages[root].dtype)
-            return _Storage(pid[1], storages[root].data[off * size: (off + n) * size], big)
+            return _Storage(pid[1], storages[root].data[off * size: (off + n) * size])
         return storages[key]
 
     f.seek(start)
