@@ -1,0 +1,6 @@
+"""EfficientViT-SAM: model, predictor, automatic mask generator (segment-anything's API)."""
+
+from evit_jax.sam.model import EfficientViTSam, SamConfig
+from evit_jax.sam.predictor import SamPredictor
+
+__all__ = ["EfficientViTSam", "SamConfig", "SamPredictor"]
