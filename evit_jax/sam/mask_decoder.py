@@ -130,13 +130,12 @@ class MaskDecoder(nn.Module):
         if token_mask is not None:
             token_mask = jnp.concatenate(
                 [jnp.ones((b, out_tokens.shape[0]), bool), token_mask.astype(bool)], axis=1)
-        src = image_embeddings + dense_
-        src = jnp.broadcast_to(src, (b,) + src.shape[1:])
+        src = image_embeddings + dense_  # stays batch 1 when the B prompts share both
         hs, keys = self.transformer(src, image_pe[None], tokens, token_mask)
         iou_out = hs[:, 0]
         mask_out = hs[:, 1:1 + self.num_mask_tokens]
 
-        x = keys.reshape(src.shape)
+        x = keys.reshape((b,) + src.shape[1:])
         x = gelu(self.output_upscaling_1(self.output_upscaling_0(x)))
         x = gelu(self.output_upscaling_3(x).astype(jnp.float32))
         hyper = jnp.stack([mlp(mask_out[:, i])

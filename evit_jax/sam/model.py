@@ -28,14 +28,11 @@ Array = jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
-class SamConfig:
-    """The SAM part of one zoo entry (the zoo's `head_cfg`).
+class SamDecoderConfig:
+    """segment-anything's prompt encoder and mask decoder (the same in every zoo entry).
 
     Attributes:
-      encoder_size: side of the encoder input (512 for L, 1024 for XL).
-      fid_list: backbone features read by the neck (deepest first).
-      neck_depth, neck_expand: residual FusedMBConv blocks of the neck and their expansion.
-      neck_width, embed_dim: neck width and embedding channels (256).
+      embed_dim: token and embedding channels (256).
       grid: side of the image embedding (64).
       prompt_size: side of the frame prompts and masks live in (1024, for every family).
       mask_in_chans: hidden channels of the mask-prompt downscaler.
@@ -44,11 +41,6 @@ class SamConfig:
       attention_downsample_rate: its two-way transformer.
     """
 
-    encoder_size: int
-    fid_list: tuple[str, ...]
-    neck_depth: int
-    neck_expand: float
-    neck_width: int = 256
     embed_dim: int = 256
     grid: int = 64
     prompt_size: int = 1024
@@ -65,6 +57,73 @@ class SamConfig:
     def low_res_size(self) -> int:
         """Side of the low-res mask logits (4x the embedding grid: 256)."""
         return 4 * self.grid
+
+
+@dataclasses.dataclass(frozen=True)
+class SamConfig:
+    """The SAM part of one zoo entry (the zoo's `head_cfg`).
+
+    Attributes:
+      encoder_size: side of the encoder input (512 for L, 1024 for XL).
+      fid_list: backbone features read by the neck (deepest first).
+      neck_depth, neck_expand: residual FusedMBConv blocks of the neck and their expansion.
+      neck_width: width of the neck (256).
+      decoder: the prompt encoder / mask decoder.
+    """
+
+    encoder_size: int
+    fid_list: tuple[str, ...]
+    neck_depth: int
+    neck_expand: float
+    neck_width: int = 256
+    decoder: SamDecoderConfig = SamDecoderConfig()
+
+    @property
+    def prompt_size(self) -> int:
+        return self.decoder.prompt_size
+
+    @property
+    def low_res_size(self) -> int:
+        return self.decoder.low_res_size
+
+
+def _prompt_modules(cfg: SamDecoderConfig, norm_eps: float, dtype: Any
+                    ) -> tuple[PromptEncoder, MaskDecoder]:
+    return (PromptEncoder(cfg.embed_dim, cfg.grid, cfg.prompt_size, cfg.mask_in_chans),
+            MaskDecoder(cfg.embed_dim, cfg.num_multimask_outputs, cfg.iou_head_depth,
+                        cfg.iou_head_hidden_dim, cfg.transformer_depth, cfg.transformer_heads,
+                        cfg.transformer_mlp_dim, cfg.attention_downsample_rate, norm_eps,
+                        dtype))
+
+
+def _predict_masks(prompt_encoder: PromptEncoder, mask_decoder: MaskDecoder,
+                   image_embeddings: Array, point_coords: Array, point_labels: Array,
+                   mask_input: Array | None, has_mask: Array | None) -> tuple[Array, Array]:
+    sparse, dense = prompt_encoder(point_coords, point_labels, mask_input, has_mask)
+    return mask_decoder(image_embeddings, prompt_encoder.dense_pe(), sparse, dense,
+                        point_labels != PAD)
+
+
+class SamPromptDecoder(nn.Module):
+    """The prompt encoder and mask decoder without the image encoder (`predict_masks` of
+    `EfficientViTSam`). Every zoo entry has the same one, so the predictor compiles it once
+    for all models; its variables are the `prompt_encoder` and `mask_decoder` subtrees
+    (`EfficientViTSam.decoder_variables`)."""
+
+    cfg: SamDecoderConfig
+    norm_eps: float = 1e-6
+    dtype: Any = jnp.float32
+
+    def setup(self):
+        self.prompt_encoder, self.mask_decoder = _prompt_modules(self.cfg, self.norm_eps,
+                                                                 self.dtype)
+
+    def __call__(self, image_embeddings: Array, point_coords: Array, point_labels: Array,
+                 mask_input: Array | None = None, has_mask: Array | None = None
+                 ) -> tuple[Array, Array]:
+        """See `EfficientViTSam.predict_masks`."""
+        return _predict_masks(self.prompt_encoder, self.mask_decoder, image_embeddings,
+                              point_coords, point_labels, mask_input, has_mask)
 
 
 class EfficientViTSam(nn.Module):
@@ -89,13 +148,9 @@ class EfficientViTSam(nn.Module):
         cfg = self.head_cfg
         self.image_encoder = SamImageEncoder(
             self.backbone_cfg, cfg.fid_list, cfg.neck_width, cfg.neck_depth, cfg.neck_expand,
-            cfg.embed_dim, cfg.grid, self.norm_eps, self.attn_eps, self.dtype)
-        self.prompt_encoder = PromptEncoder(cfg.embed_dim, cfg.grid, cfg.prompt_size,
-                                            cfg.mask_in_chans)
-        self.mask_decoder = MaskDecoder(
-            cfg.embed_dim, cfg.num_multimask_outputs, cfg.iou_head_depth,
-            cfg.iou_head_hidden_dim, cfg.transformer_depth, cfg.transformer_heads,
-            cfg.transformer_mlp_dim, cfg.attention_downsample_rate, self.norm_eps, self.dtype)
+            cfg.decoder.embed_dim, cfg.decoder.grid, self.norm_eps, self.attn_eps, self.dtype)
+        self.prompt_encoder, self.mask_decoder = _prompt_modules(cfg.decoder, self.norm_eps,
+                                                                 self.dtype)
 
     def encode_image(self, images: Array, train: bool = False) -> Array:
         """Preprocessed images `[N, S, S, 3]` (S = `head_cfg.encoder_size`; see
@@ -126,9 +181,8 @@ class EfficientViTSam(nn.Module):
           (low-res logits `[B, 4, 256, 256]`, IoU predictions `[B, 4]`), float32. Token 0
           is the single-mask output, tokens 1..3 the multimask output.
         """
-        sparse, dense = self.prompt_encoder(point_coords, point_labels, mask_input, has_mask)
-        return self.mask_decoder(image_embeddings, self.prompt_encoder.dense_pe(), sparse,
-                                 dense, point_labels != PAD)
+        return _predict_masks(self.prompt_encoder, self.mask_decoder, image_embeddings,
+                              point_coords, point_labels, mask_input, has_mask)
 
     def __call__(self, images: Array, point_coords: Array | None = None,
                  point_labels: Array | None = None, mask_input: Array | None = None,
@@ -144,6 +198,17 @@ class EfficientViTSam(nn.Module):
         if point_labels is None:
             raise ValueError("point_labels are required with point_coords")
         return self.predict_masks(emb, point_coords, point_labels, mask_input)
+
+    def prompt_decoder(self) -> SamPromptDecoder:
+        """The prompt encoder + mask decoder as a module of its own (unbound)."""
+        return SamPromptDecoder(self.head_cfg.decoder, self.norm_eps, self.dtype, parent=None)
+
+    @staticmethod
+    def decoder_variables(variables: dict[str, Any]) -> dict[str, Any]:
+        """The variables of `prompt_decoder()`: the `prompt_encoder` and `mask_decoder`
+        parameter subtrees."""
+        params = variables["params"]
+        return {"params": {k: params[k] for k in ("prompt_encoder", "mask_decoder")}}
 
     def example_inputs(self) -> tuple[Array, ...]:
         """Inputs that reach every parameter (`init_variables`): a 64 x 64 image, one click

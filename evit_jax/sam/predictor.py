@@ -39,27 +39,30 @@ def upscale(low_res: Array, mh: Array, mw: Array) -> Array:
     """Low-res logits `[..., 256, 256]` -> `[..., H, W]` with per-axis maps `[H, 256]`,
     `[W, 256]` (see `transforms.postprocess_matrices`)."""
     hi = jax.lax.Precision.HIGHEST
+    if mh.shape[0] <= mw.shape[0]:  # resize the shorter output axis first: fewer FLOPs
+        y = jnp.einsum("hi,...ij->...hj", mh, low_res, precision=hi)
+        return jnp.einsum("...hj,wj->...hw", y, mw, precision=hi)
     y = jnp.einsum("...ij,wj->...iw", low_res, mw, precision=hi)
     return jnp.einsum("hi,...iw->...hw", mh, y, precision=hi)
 
 
-def decode_all(model: nn.Module, variables: Any, features: Array, coords: Array,
+def decode_all(decoder: nn.Module, variables: Any, features: Array, coords: Array,
                labels: Array, mask_input: Array | None, has_mask: Array | None,
                multimask: bool) -> tuple[Array, Array]:
-    """Low-res logits `[B, C, 256, 256]` and IoUs `[B, C]` of the selected mask tokens."""
-    low, iou = model.apply(variables, features, coords, labels, mask_input, has_mask,
-                           method="predict_masks")
+    """Low-res logits `[B, C, 256, 256]` and IoUs `[B, C]` of the selected mask tokens.
+    `decoder` is a `SamPromptDecoder`, `variables` its variables."""
+    low, iou = decoder.apply(variables, features, coords, labels, mask_input, has_mask)
     sl = slice(1, None) if multimask else slice(0, 1)
     return low[:, sl], iou[:, sl]
 
 
-@functools.partial(jax.jit, static_argnames=("model", "multimask", "return_logits"))
-def decode(model: nn.Module, variables: Any, features: Array, coords: Array, labels: Array,
+@functools.partial(jax.jit, static_argnames=("decoder", "multimask", "return_logits"))
+def decode(decoder: nn.Module, variables: Any, features: Array, coords: Array, labels: Array,
            mask_input: Array | None, has_mask: Array | None, mh: Array, mw: Array,
            multimask: bool, return_logits: bool) -> tuple[Array, Array, Array]:
     """One compiled call: (masks `[B, C, H, W]` bool or logits, IoUs `[B, C]`, low-res
     logits `[B, C, 256, 256]`)."""
-    low, iou = decode_all(model, variables, features, coords, labels, mask_input, has_mask,
+    low, iou = decode_all(decoder, variables, features, coords, labels, mask_input, has_mask,
                           multimask)
     masks = upscale(low, mh, mw)
     if not return_logits:
@@ -84,6 +87,8 @@ class SamPredictor:
                             "evit_jax.create_model('efficientvit-sam-l0')")
         self.model = model
         self.variables = jax.device_put(variables)
+        self.decoder = model.prompt_decoder()
+        self.decoder_variables = model.decoder_variables(self.variables)
         self.cfg = model.head_cfg
         self.max_batch = int(max_batch)
         self.transform = ResizeLongestSide(self.cfg.prompt_size)
@@ -221,7 +226,7 @@ class SamPredictor:
                 m = np.zeros((rows,) + mask_input.shape[1:], np.float32)
                 m[:stop - start] = mask_input[start:stop]
                 has = np.arange(rows) < stop - start
-            out = decode(self.model, self.variables, self.features, c, lab, m, has,
+            out = decode(self.decoder, self.decoder_variables, self.features, c, lab, m, has,
                          *self._maps, multimask, return_logits)
             outs.append([np.asarray(o)[:stop - start] for o in out])
         return tuple(np.concatenate(parts) if len(parts) > 1 else parts[0]

@@ -47,20 +47,29 @@ class Attention(nn.Module):
         self.out_proj = dense(self.embedding_dim, self.dtype)
 
     def __call__(self, q: Array, k: Array, v: Array, key_mask: Array | None = None) -> Array:
-        """q `[B, Nq, C]`, k and v `[B, Nk, C]`, key_mask `[B, Nk]` (True = attend) ->
-        `[B, Nq, C]`."""
+        """q `[Bq, Nq, C]`, k and v `[Bk, Nk, C]`, key_mask `[B, Nk]` (True = attend) ->
+        `[B, Nq, C]`. Bq or Bk may be 1 and broadcast: B prompts attending to one shared
+        image project the image once instead of B times."""
         h = self.num_heads
 
         def heads(x):
             return x.reshape(*x.shape[:-1], h, x.shape[-1] // h)
 
         q, k, v = heads(self.q_proj(q)), heads(self.k_proj(k)), heads(self.v_proj(v))
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
-        logits = logits / math.sqrt(q.shape[-1])
+        if q.shape[0] == k.shape[0]:
+            logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)
+        elif k.shape[0] == 1:
+            logits = jnp.einsum("bqhd,khd->bhqk", q, k[0])
+        else:
+            logits = jnp.einsum("qhd,bkhd->bhqk", q[0], k)
+        logits = logits.astype(jnp.float32) / math.sqrt(q.shape[-1])
         if key_mask is not None:
             logits = jnp.where(key_mask[:, None, None, :], logits, -jnp.inf)
         attn = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-        out = jnp.einsum("bhqk,bkhd->bqhd", attn, v)
+        if v.shape[0] == 1 and attn.shape[0] > 1:
+            out = jnp.einsum("bhqk,khd->bqhd", attn, v[0])
+        else:
+            out = jnp.einsum("bhqk,bkhd->bqhd", attn, v)
         return self.out_proj(out.reshape(*out.shape[:-2], -1))
 
 
@@ -140,10 +149,15 @@ class TwoWayTransformer(nn.Module):
 
     def __call__(self, image: Array, image_pe: Array, tokens: Array,
                  token_mask: Array | None = None) -> tuple[Array, Array]:
-        """image `[B, H, W, C]`, image_pe `[1 or B, H, W, C]`, tokens `[B, N, C]`,
-        token_mask `[B, N]` -> (tokens `[B, N, C]`, image tokens `[B, H * W, C]`)."""
+        """image `[1 or B, H, W, C]`, image_pe `[1, H, W, C]`, tokens `[B, N, C]`,
+        token_mask `[B, N]` -> (tokens `[B, N, C]`, image tokens `[B, H * W, C]`).
+
+        A batch-1 image is shared by the B prompts: the first block projects it once (its
+        image tokens only become prompt-specific after that block)."""
         b, hh, ww, c = image.shape
         keys = image.reshape(b, hh * ww, c)
+        if b != tokens.shape[0] and b != 1:
+            raise ValueError(f"{b} images for {tokens.shape[0]} prompts: give 1 or one each")
         key_pe = image_pe.reshape(image_pe.shape[0], hh * ww, c)
         queries = tokens
         for layer in self.layers:
