@@ -162,8 +162,8 @@ class SamAutomaticMaskGenerator:
         coords = np.zeros((rows, 2, 2), np.float32)
         coords[:n, 0] = p.transform.apply_coords(points, p.original_size)
         labels = np.tile(np.array([[POSITIVE, NOT_A_POINT]], np.int32), (rows, 1))
-        res = decode_grid_batch(p.decoder, p.decoder_variables, p.features, coords, labels, *p._maps,
-                                self.stability_score_offset)
+        res = decode_grid_batch(p.decoder, p.decoder_variables, p.features, coords, labels,
+                                *p._maps, self.stability_score_offset)
         iou, stab, boxes = (np.asarray(a)[:n].reshape(n * 3, *a.shape[2:]) for a in res[1:])
         keep = np.ones(n * 3, bool)
         if self.pred_iou_thresh > 0:
