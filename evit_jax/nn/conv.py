@@ -47,23 +47,27 @@ class Conv2d(nn.Module):
         kernel = self.param("kernel", default_kernel_init, (k, k, cin // g, self.features),
                             jnp.float32).astype(self.dtype)
         x = x.astype(self.dtype)
+        # Accumulate in float32 and return float32: under bf16 compute the caller (ConvLayer)
+        # rounds once, after norm and activation, instead of after every op.
+        f32 = jnp.float32
         if k == 1 and self.stride == 1:
             if g == 1:
-                y = jnp.einsum("bhwi,io->bhwo", x, kernel[0, 0])
+                y = jnp.einsum("bhwi,io->bhwo", x, kernel[0, 0], preferred_element_type=f32)
             else:
                 xg = x.reshape(*x.shape[:-1], g, cin // g)
                 wg = kernel[0, 0].reshape(cin // g, g, self.features // g)
-                y = jnp.einsum("bhwgi,igo->bhwgo", xg, wg).reshape(*x.shape[:-1], self.features)
+                y = jnp.einsum("bhwgi,igo->bhwgo", xg, wg, preferred_element_type=f32)
+                y = y.reshape(*x.shape[:-1], self.features)
         elif g == cin == self.features:
-            y = depthwise_conv2d(x, kernel, self.stride, k // 2)
+            y = depthwise_conv2d(x, kernel, self.stride, k // 2).astype(f32)
         else:
             p = k // 2
             y = lax.conv_general_dilated(
                 x, kernel, (self.stride, self.stride), ((p, p), (p, p)),
-                dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=g)
+                dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=g,
+                preferred_element_type=f32)
         if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, (self.features,),
-                               jnp.float32).astype(self.dtype)
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,), f32)
         return y
 
 
@@ -97,7 +101,7 @@ class ConvLayer(nn.Module):
         norm = make_norm(self.norm, self.norm_eps, self.dtype, self.zero_init_norm)
         if norm is not None:
             x = norm(x, train)
-        return get_act(self.act)(x)
+        return get_act(self.act)(x).astype(self.dtype)
 
 
 class LinearLayer(nn.Module):

@@ -58,7 +58,8 @@ class BatchNorm2d(nn.Module):
         # One multiply-add per element: y = x * a + b.
         a = scale * jax.lax.rsqrt(var + self.eps)
         b = bias - mean * a
-        return (x * a.astype(self.dtype) + b.astype(self.dtype)).astype(self.dtype)
+        # Computed in float32, returned in the input's dtype (float32 from a conv).
+        return (x.astype(jnp.float32) * a + b).astype(x.dtype)
 
 
 class LayerNorm(nn.Module):
@@ -82,7 +83,7 @@ class LayerNorm(nn.Module):
         u = xf.mean(-1, keepdims=True)
         d = xf - u
         y = d * jax.lax.rsqrt(jnp.square(d).mean(-1, keepdims=True) + self.eps)
-        return (y * scale + bias).astype(self.dtype)
+        return (y * scale + bias).astype(x.dtype)
 
 
 def make_norm(kind: str | None, eps: float, dtype: Any, zero_init: bool = False,
