@@ -1,15 +1,14 @@
 """`SamAutomaticMaskGenerator`: segment everything, as segment-anything's generator.
 
 A grid of foreground clicks is decoded in batches (`points_per_batch` clicks, three masks
-each, one compiled call per batch that also computes stability scores and boxes on the
-device); masks are filtered by predicted IoU, stability and crop edges, deduplicated by box
-NMS (per crop, then across crops), optionally cleaned of small holes and islands, and
-returned as segment-anything's records.
+each: one compiled decoder call per batch, then one that computes the full-size masks, their
+stability scores and boxes on the device); masks are filtered by predicted IoU, stability
+and crop edges, deduplicated by box NMS (per crop, then across crops), optionally cleaned of
+small holes and islands, and returned as segment-anything's records.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import flax.linen as nn
@@ -17,24 +16,21 @@ import jax
 import numpy as np
 
 from evit_jax.sam import amg_utils as U
-from evit_jax.sam.predictor import MASK_THRESHOLD, SamPredictor, decode_all, upscale
+from evit_jax.sam.predictor import MASK_THRESHOLD, SamPredictor, decode_low_res, upscale
 from evit_jax.sam.prompt_encoder import NOT_A_POINT, POSITIVE
 from evit_jax.sam.transforms import check_image
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 
 
-@functools.partial(jax.jit, static_argnames=("decoder",))
-def decode_grid_batch(decoder: nn.Module, variables: Any, features: jax.Array, coords: jax.Array,
-                      labels: jax.Array, mh: jax.Array, mw: jax.Array, offset: float
-                      ) -> tuple[jax.Array, ...]:
-    """One batch of clicks -> (masks `[B, 3, H, W]` bool, IoUs `[B, 3]`, stability
-    `[B, 3]`, boxes `[B, 3, 4]`), all on the device."""
-    low, iou = decode_all(decoder, variables, features, coords, labels, None, None, True)
-    logits = upscale(low, mh, mw)
-    stab = U.stability_score(logits, MASK_THRESHOLD, offset)
+@jax.jit
+def grid_statistics(low_res: jax.Array, mh: jax.Array, mw: jax.Array, offset: float
+                    ) -> tuple[jax.Array, ...]:
+    """Low-res logits `[B, 3, 256, 256]` -> (masks `[B, 3, H, W]` bool, stability `[B, 3]`,
+    boxes `[B, 3, 4]`) at the (crop's) original size, on the device."""
+    logits = upscale(low_res, mh, mw)
     masks = logits > MASK_THRESHOLD
-    return masks, iou, stab, U.masks_to_boxes(masks)
+    return masks, U.stability_score(logits, MASK_THRESHOLD, offset), U.masks_to_boxes(masks)
 
 
 class SamAutomaticMaskGenerator:
@@ -162,9 +158,11 @@ class SamAutomaticMaskGenerator:
         coords = np.zeros((rows, 2, 2), np.float32)
         coords[:n, 0] = p.transform.apply_coords(points, p.original_size)
         labels = np.tile(np.array([[POSITIVE, NOT_A_POINT]], np.int32), (rows, 1))
-        res = decode_grid_batch(p.decoder, p.decoder_variables, p.features, coords, labels,
-                                *p._maps, self.stability_score_offset)
-        iou, stab, boxes = (np.asarray(a)[:n].reshape(n * 3, *a.shape[2:]) for a in res[1:])
+        low, iou = decode_low_res(p.decoder, p.decoder_variables, p.features, coords, labels,
+                                  None, None, True)
+        masks, stab, boxes = grid_statistics(low, *p._maps, self.stability_score_offset)
+        iou, stab, boxes = (np.asarray(a)[:n].reshape(n * 3, *a.shape[2:])
+                            for a in (iou, stab, boxes))
         keep = np.ones(n * 3, bool)
         if self.pred_iou_thresh > 0:
             keep &= iou > self.pred_iou_thresh
@@ -177,7 +175,7 @@ class SamAutomaticMaskGenerator:
         idx = np.flatnonzero(keep)
         if not idx.size:
             return
-        masks = np.asarray(res[0]).reshape(-1, *res[0].shape[2:])
+        masks = np.asarray(masks).reshape(-1, *masks.shape[2:])
         for i in idx:
             m = masks[i]
             if (x0, y0, x1, y1) != (0, 0, ow, oh):  # back into the full image

@@ -1,9 +1,11 @@
 """`SamPredictor`: segment-anything's predictor API over EfficientViT-SAM, numpy in and out.
 
 `set_image` preprocesses on the host (PIL, exactly as the reference) and runs the jitted
-encoder once; `predict` / `predict_batch` run one jitted call each: prompt encoder, mask
-decoder and the post-processing to the original size. Prompt rows are padded to bucketed
-shapes, so new numbers of clicks or boxes reuse compiled code.
+encoder once. `predict` / `predict_batch` run the prompt encoder and mask decoder for the
+whole batch of prompts in one compiled call, then the post-processing to the original size
+in a second, small one. The decoder's shapes do not depend on the image, and prompt rows are
+padded to bucketed shapes, so new image sizes, numbers of clicks or boxes reuse compiled
+code (only the post-processing compiles per image size, in well under a second).
 """
 
 from __future__ import annotations
@@ -46,28 +48,28 @@ def upscale(low_res: Array, mh: Array, mw: Array) -> Array:
     return jnp.einsum("hi,...iw->...hw", mh, y, precision=hi)
 
 
-def decode_all(decoder: nn.Module, variables: Any, features: Array, coords: Array,
-               labels: Array, mask_input: Array | None, has_mask: Array | None,
-               multimask: bool) -> tuple[Array, Array]:
-    """Low-res logits `[B, C, 256, 256]` and IoUs `[B, C]` of the selected mask tokens.
-    `decoder` is a `SamPromptDecoder`, `variables` its variables."""
+@functools.partial(jax.jit, static_argnames=("decoder", "multimask"))
+def decode_low_res(decoder: nn.Module, variables: Any, features: Array, coords: Array,
+                   labels: Array, mask_input: Array | None, has_mask: Array | None,
+                   multimask: bool) -> tuple[Array, Array]:
+    """The decoder for a batch of B prompts, one compiled call: low-res logits
+    `[B, C, 256, 256]` and IoUs `[B, C]` (C = 3 with `multimask`, else 1).
+
+    `decoder` is a `SamPromptDecoder` (`model.prompt_decoder()`), the same for every zoo
+    model, and nothing here depends on the image size, so one compilation per prompt-shape
+    bucket serves every model and image.
+    """
     low, iou = decoder.apply(variables, features, coords, labels, mask_input, has_mask)
     sl = slice(1, None) if multimask else slice(0, 1)
     return low[:, sl], iou[:, sl]
 
 
-@functools.partial(jax.jit, static_argnames=("decoder", "multimask", "return_logits"))
-def decode(decoder: nn.Module, variables: Any, features: Array, coords: Array, labels: Array,
-           mask_input: Array | None, has_mask: Array | None, mh: Array, mw: Array,
-           multimask: bool, return_logits: bool) -> tuple[Array, Array, Array]:
-    """One compiled call: (masks `[B, C, H, W]` bool or logits, IoUs `[B, C]`, low-res
-    logits `[B, C, 256, 256]`)."""
-    low, iou = decode_all(decoder, variables, features, coords, labels, mask_input, has_mask,
-                          multimask)
-    masks = upscale(low, mh, mw)
-    if not return_logits:
-        masks = masks > MASK_THRESHOLD
-    return masks, iou, low
+@functools.partial(jax.jit, static_argnames=("return_logits",))
+def postprocess(low_res: Array, mh: Array, mw: Array, return_logits: bool) -> Array:
+    """Low-res logits `[B, C, 256, 256]` -> masks `[B, C, H, W]` at the original size (bool,
+    or logits). Compiled per image size; cheap."""
+    masks = upscale(low_res, mh, mw)
+    return masks if return_logits else masks > MASK_THRESHOLD
 
 
 class SamPredictor:
@@ -226,8 +228,9 @@ class SamPredictor:
                 m = np.zeros((rows,) + mask_input.shape[1:], np.float32)
                 m[:stop - start] = mask_input[start:stop]
                 has = np.arange(rows) < stop - start
-            out = decode(self.decoder, self.decoder_variables, self.features, c, lab, m, has,
-                         *self._maps, multimask, return_logits)
-            outs.append([np.asarray(o)[:stop - start] for o in out])
+            low, iou = decode_low_res(self.decoder, self.decoder_variables, self.features, c,
+                                      lab, m, has, multimask)
+            masks = postprocess(low, *self._maps, return_logits)
+            outs.append([np.asarray(o)[:stop - start] for o in (masks, iou, low)])
         return tuple(np.concatenate(parts) if len(parts) > 1 else parts[0]
                      for parts in zip(*outs))
