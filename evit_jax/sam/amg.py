@@ -18,6 +18,7 @@ import numpy as np
 from evit_jax.sam import amg_utils as U
 from evit_jax.sam.predictor import MASK_THRESHOLD, SamPredictor, decode_low_res, upscale
 from evit_jax.sam.prompt_encoder import NOT_A_POINT, POSITIVE
+from evit_jax.sam.prompts import bucket
 from evit_jax.sam.transforms import check_image
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
@@ -154,7 +155,7 @@ class SamAutomaticMaskGenerator:
     def _process_batch(self, points: np.ndarray, crop_box: list[int],
                        orig_size: tuple[int, int], out: dict[str, list]) -> None:
         p, n = self.predictor, len(points)
-        rows = self.points_per_batch
+        rows = min(self.points_per_batch, bucket(n))  # few points: a smaller padded batch
         coords = np.zeros((rows, 2, 2), np.float32)
         coords[:n, 0] = p.transform.apply_coords(points, p.original_size)
         labels = np.tile(np.array([[POSITIVE, NOT_A_POINT]], np.int32), (rows, 1))
