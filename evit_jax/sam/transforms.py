@@ -88,11 +88,14 @@ class ResizeLongestSide:
 def bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
     """float64 `[n_out, n_in]` matrix of PyTorch's CPU bilinear resize (align_corners=False)
     along one axis, with the source positions and weights rounded to float32 as PyTorch
-    computes them (for a ratio like 768 -> 480 the float32 scale is off by ~1e-7, which
-    shifts far pixels by ~1e-4 px: a few 1e-6 of relative error if ignored)."""
+    computes them: scale = float32(n_in / n_out), src = fma((dst + 0.5), scale, -0.5). For a
+    ratio like 768 -> 480 the float32 scale is off by ~1e-7, which moves far pixels by ~1e-4 px
+    (a few 1e-6 of relative error in the logits if computed exactly instead)."""
     f32 = np.float32
     scale = f32(n_in) / f32(n_out)
-    src = (np.arange(n_out, dtype=f32) + f32(0.5)) * scale - f32(0.5)
+    dst = np.arange(n_out, dtype=f32) + f32(0.5)
+    # One rounding of the exact (dst + 0.5) * scale - 0.5, as a fused multiply-add does.
+    src = (dst.astype(np.float64) * np.float64(scale) - 0.5).astype(f32)
     src = np.maximum(src, f32(0))
     i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
     lam = np.clip(src - i0.astype(f32), f32(0), f32(1))
