@@ -98,3 +98,25 @@ def test_bad_model_weights_and_image(files, capsys):
                 "--image", str(files / "missing.png")) == 1
     assert "no such image" in capsys.readouterr().err
     assert main(["--model", NAME]) == 2  # argparse: missing required options
+
+
+def test_authors_checkpoint_file_via_evit_convert(files, tmp_path, capsys):
+    """The user's path: the authors' `.pt` -> `evit-convert` -> `evit-segment --weights DIR`,
+    and `--weights FILE.pt` converted on the fly, give the same masks."""
+    torch = pytest.importorskip("torch")
+    from evit_jax.convert.cli import main as convert_main
+
+    sd, _ = sam_case(NAME)
+    pt = tmp_path / "efficientvit_sam_l0.pt"
+    torch.save({"state_dict": {k: torch.from_numpy(v) for k, v in sd.items()}}, pt)
+    assert convert_main(["--model", NAME, "--src", str(pt), "--dst", str(tmp_path / "ckpt")]) == 0
+    outs = []
+    for weights in (tmp_path / "ckpt", pt):
+        masks = tmp_path / f"{weights.name}.npz"
+        assert main(["--model", NAME, "--weights", str(weights), "--image",
+                     str(files / "scene.png"), "--box", "10,10,60,50", "--out",
+                     str(tmp_path / "x.png"), "--masks-out", str(masks)]) == 0
+        with np.load(masks) as z:
+            outs.append((z["masks"], z["scores"]))
+    np.testing.assert_array_equal(outs[0][0], outs[1][0])
+    np.testing.assert_array_equal(outs[0][1], outs[1][1])

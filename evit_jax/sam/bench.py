@@ -17,17 +17,19 @@ import jax
 import numpy as np
 
 
-def _median(fn, repeat: int) -> tuple[float, float]:
-    """(first call, median of `repeat` further calls) in seconds."""
+def _median(fn, repeat: int) -> tuple[float, float, float]:
+    """(first call, median of `repeat` further calls, median process CPU time of those) in
+    seconds. On a busy machine the CPU time (all threads) is the steadier of the two."""
     t0 = time.perf_counter()
     fn()
     first = time.perf_counter() - t0
-    times = []
+    times, cpu = [], []
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
         times.append(time.perf_counter() - t0)
-    return first, statistics.median(times)
+        cpu.append(time.process_time() - c0)
+    return first, statistics.median(times), statistics.median(cpu)
 
 
 def main(argv=None) -> None:
@@ -55,23 +57,24 @@ def main(argv=None) -> None:
         p.set_image(image)
         p.features.block_until_ready()
 
-    first, med = _median(set_image, args.repeat)
-    print(f"set_image: {med * 1e3:.0f} ms (first call, with compilation: {first:.1f} s)")
+    def report(what, fn, repeat=args.repeat, per=1):
+        first, med, cpu = _median(fn, repeat)
+        each = f" = {med / per * 1e3:.1f} ms each" if per > 1 else ""
+        print(f"{what}: {med * 1e3:.0f} ms{each} (CPU {cpu * 1e3:.0f} ms; first call, "
+              f"compiling: {first:.1f} s)")
+
+    report("set_image", set_image)
     click = (np.array([[args.width / 2, args.height / 2]]), np.array([1]))
-    first, med = _median(lambda: p.predict(*click), args.repeat)
-    print(f"predict, 1 click, 3 masks: {med * 1e3:.0f} ms (first: {first:.1f} s)")
+    report("predict, 1 click, 3 masks", lambda: p.predict(*click))
     box = np.array([args.width * 0.2, args.height * 0.2, args.width * 0.7, args.height * 0.8])
-    first, med = _median(lambda: p.predict(box=box, multimask_output=False), args.repeat)
-    print(f"predict, 1 box, 1 mask: {med * 1e3:.0f} ms (first: {first:.1f} s)")
+    report("predict, 1 box, 1 mask", lambda: p.predict(box=box, multimask_output=False))
     boxes = np.tile(box, (64, 1)) * rng.uniform(0.8, 1.0, (64, 1))
-    first, med = _median(lambda: p.predict_batch(boxes=boxes, multimask_output=False),
-                         max(1, args.repeat // 2))
-    print(f"predict_batch, 64 boxes: {med * 1e3:.0f} ms = {med / 64 * 1e3:.1f} ms per box "
-          f"(first: {first:.1f} s)")
+    report("predict_batch, 64 boxes", lambda: p.predict_batch(boxes=boxes,
+                                                              multimask_output=False),
+           max(1, args.repeat // 2), per=64)
     if args.amg:
         gen = SamAutomaticMaskGenerator(model, variables, points_per_side=32)
-        first, med = _median(lambda: gen.generate(image), 1)
-        print(f"automatic mask generator, 32x32 points: {med:.1f} s (first: {first:.1f} s)")
+        report("automatic mask generator, 32x32 points", lambda: gen.generate(image), 1)
 
 
 if __name__ == "__main__":
