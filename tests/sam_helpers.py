@@ -1,41 +1,17 @@
-"""Shared helpers of the SAM tests: fixtures from ../shared/parity, synthetic weights."""
+"""Helpers of the SAM tests (fixtures through tests/conftest.py, a drawn test image)."""
 
 from __future__ import annotations
 
-import importlib.util
-import os
-from functools import lru_cache
-from pathlib import Path
-
 import numpy as np
-import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-PARITY = Path(os.environ.get("EVIT_SHARED", ROOT.parent / "shared")) / "parity"
+from tests.conftest import rel_l2, synth_case
 
-
-@lru_cache(maxsize=1)
-def synth():
-    """The fixtures' weight synthesizer (`../shared/parity/synth.py`), imported by path."""
-    path = PARITY / "synth.py"
-    if not path.exists():
-        pytest.skip(f"parity fixtures not found at {PARITY} (set EVIT_SHARED)")
-    spec = importlib.util.spec_from_file_location("evit_parity_synth_sam", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+__all__ = ["assert_masks_match", "drawn_scene", "rel_l2", "sam_case"]
 
 
 def sam_case(name: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(the reference's synthetic state dict, golden arrays) of a SAM fixture."""
-    s = synth()
-    golden = s.load_golden(name)
-    return s.synthesize(s.load_schema(name), int(golden["seed"])), golden
-
-
-def rel_l2(out, ref) -> float:
-    out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
-    return float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
+    return synth_case(name)
 
 
 def assert_masks_match(mask: np.ndarray, logits: np.ndarray, ref_mask: np.ndarray,

@@ -15,8 +15,10 @@ import jax
 import jax.numpy as jnp
 
 from evit_jax.nn import LayerNorm
-from evit_jax.nn.conv import default_kernel_init
-from evit_jax.sam.transformer import TwoWayTransformer, dense
+from evit_jax.nn.conv import Dense
+from evit_jax.nn.init import TRUNC_NORMAL_002, ZEROS, declare_param
+from evit_jax.sam.prompt_encoder import Embedding
+from evit_jax.sam.transformer import TwoWayTransformer
 
 Array = jax.Array
 
@@ -38,10 +40,11 @@ class ConvTranspose2x2(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         b, h, w, c = x.shape
-        kernel = self.param("kernel", default_kernel_init, (2, 2, self.features, c), jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
-        y = jnp.einsum("bhwi,acoi->bhawco", x.astype(self.dtype), kernel.astype(self.dtype))
-        return y.reshape(b, 2 * h, 2 * w, self.features) + bias.astype(self.dtype)
+        kernel = declare_param(self, "kernel", TRUNC_NORMAL_002, (2, 2, self.features, c))
+        bias = declare_param(self, "bias", ZEROS, (self.features,))
+        y = jnp.einsum("bhwi,acoi->bhawco", x.astype(self.dtype), kernel.astype(self.dtype),
+                       preferred_element_type=jnp.float32)
+        return y.reshape(b, 2 * h, 2 * w, self.features) + bias  # float32
 
 
 class MLP(nn.Module):
@@ -54,7 +57,7 @@ class MLP(nn.Module):
 
     def setup(self):
         sizes = [self.hidden_dim] * (self.num_layers - 1) + [self.output_dim]
-        self.layers = [dense(n, self.dtype) for n in sizes]
+        self.layers = [Dense(n, dtype=self.dtype) for n in sizes]
 
     def __call__(self, x: Array) -> Array:
         for i, layer in enumerate(self.layers):
@@ -96,8 +99,8 @@ class MaskDecoder(nn.Module):
         d, dt = self.transformer_dim, self.dtype
         self.transformer = TwoWayTransformer(self.depth, d, self.num_heads, self.mlp_dim,
                                              self.attention_downsample_rate, self.norm_eps, dt)
-        self.iou_token = nn.Embed(1, d)
-        self.mask_tokens = nn.Embed(self.num_mask_tokens, d)
+        self.iou_token = Embedding(1, d)
+        self.mask_tokens = Embedding(self.num_mask_tokens, d)
         # Names follow the reference's nn.Sequential indices (GELUs at 2 and 4).
         self.output_upscaling_0 = ConvTranspose2x2(d // 4, dt)
         self.output_upscaling_1 = LayerNorm(1e-6)
@@ -123,7 +126,7 @@ class MaskDecoder(nn.Module):
         """
         b, n, d = sparse.shape
         gelu = lambda x: jax.nn.gelu(x, approximate=False)  # segment-anything: exact GELU
-        out_tokens = jnp.concatenate([self.iou_token.embedding, self.mask_tokens.embedding], 0)
+        out_tokens = jnp.concatenate([self.iou_token.table(), self.mask_tokens.table()], 0)
         tokens = jnp.concatenate(
             [jnp.broadcast_to(out_tokens[None], (b,) + out_tokens.shape),
              sparse.astype(out_tokens.dtype)], axis=1)

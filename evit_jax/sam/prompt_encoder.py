@@ -14,13 +14,27 @@ import jax.numpy as jnp
 import numpy as np
 
 from evit_jax.nn import LayerNorm
-from evit_jax.nn.conv import Conv2d, default_kernel_init
+from evit_jax.nn.conv import Conv2d
+from evit_jax.nn.init import TRUNC_NORMAL_002, ZEROS, Init, declare_param
 
 Array = jax.Array
 
 # Token labels. -1..1 are segment-anything's point labels; box corners are tokens too.
 NOT_A_POINT, NEGATIVE, POSITIVE, BOX_TOP_LEFT, BOX_BOTTOM_RIGHT = -1, 0, 1, 2, 3
 PAD = -2  # no token: zero embedding, masked out of attention
+
+
+class Embedding(nn.Module):
+    """A learned table `embedding` `[num, features]` (PyTorch's `nn.Embedding`, N(0, 1) init);
+    modules read rows of `.table()` directly."""
+
+    num: int
+    features: int
+
+    @nn.compact
+    def table(self) -> Array:
+        return declare_param(self, "embedding", Init("normal", std=1.0),
+                             (self.num, self.features))
 
 
 class PositionEmbeddingRandom(nn.Module):
@@ -36,8 +50,8 @@ class PositionEmbeddingRandom(nn.Module):
 
     @nn.compact
     def __call__(self, coords: Array) -> Array:
-        g = self.param("positional_encoding_gaussian_matrix", nn.initializers.normal(1.0),
-                       (2, self.num_pos_feats), jnp.float32)
+        g = declare_param(self, "positional_encoding_gaussian_matrix", Init("normal", std=1.0),
+                          (2, self.num_pos_feats))
         g = jax.lax.stop_gradient(g)
         c = 2 * coords.astype(jnp.float32) - 1
         c = jnp.matmul(c, g, precision=jax.lax.Precision.HIGHEST)
@@ -57,8 +71,8 @@ class PatchConv(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         k, (b, h, w, c) = self.patch, x.shape
-        kernel = self.param("kernel", default_kernel_init, (k, k, c, self.features), jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        kernel = declare_param(self, "kernel", TRUNC_NORMAL_002, (k, k, c, self.features))
+        bias = declare_param(self, "bias", ZEROS, (self.features,))
         x = x.reshape(b, h // k, k, w // k, k, c)
         y = jnp.einsum("bhawci,acio->bhwo", x, kernel, precision=jax.lax.Precision.HIGHEST)
         return y + bias
@@ -83,9 +97,9 @@ class PromptEncoder(nn.Module):
     def setup(self):
         d, c = self.embed_dim, self.mask_in_chans
         self.pe_layer = PositionEmbeddingRandom(d // 2)
-        self.point_embeddings = [nn.Embed(1, d) for _ in range(4)]
-        self.not_a_point_embed = nn.Embed(1, d)
-        self.no_mask_embed = nn.Embed(1, d)
+        self.point_embeddings = [Embedding(1, d) for _ in range(4)]
+        self.not_a_point_embed = Embedding(1, d)
+        self.no_mask_embed = Embedding(1, d)
         # Names follow the reference's nn.Sequential indices (GELUs at 2 and 5).
         self.mask_downscaling_0 = PatchConv(c // 4)
         self.mask_downscaling_1 = LayerNorm(1e-6)  # segment-anything's LayerNorm2d eps
@@ -107,7 +121,7 @@ class PromptEncoder(nn.Module):
         pe = jnp.where((labels == NOT_A_POINT)[..., None] | (labels == PAD)[..., None], 0.0, pe)
         # Row i of the table is the embedding added for label i - 1 (PAD -> zeros).
         table = jnp.concatenate(
-            [self.not_a_point_embed.embedding] + [e.embedding for e in self.point_embeddings]
+            [self.not_a_point_embed.table()] + [e.table() for e in self.point_embeddings]
             + [jnp.zeros((1, self.embed_dim), jnp.float32)], axis=0)
         idx = jnp.where(labels == PAD, table.shape[0] - 1, labels + 1)
         return pe + jnp.take(table, idx, axis=0)
@@ -122,7 +136,7 @@ class PromptEncoder(nn.Module):
 
     def no_mask_dense(self) -> Array:
         """The dense embedding used without a mask prompt, `[1, 1, 1, embed_dim]`."""
-        return self.no_mask_embed.embedding.reshape(1, 1, 1, self.embed_dim)
+        return self.no_mask_embed.table().reshape(1, 1, 1, self.embed_dim)
 
     def __call__(self, coords: Array, labels: Array, masks: Array | None = None,
                  has_mask: Array | None = None) -> tuple[Array, Array]:

@@ -16,14 +16,14 @@ import jax
 import jax.numpy as jnp
 
 from evit_jax.nn import LayerNorm
-from evit_jax.nn.conv import default_kernel_init
+from evit_jax.nn.conv import Dense
 
 Array = jax.Array
 
 
-def dense(features: int, dtype: Any) -> nn.Dense:
-    return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32,
-                    kernel_init=default_kernel_init)
+def dense(features: int, dtype: Any) -> Dense:
+    """A Linear with bias (float32 accumulation), as segment-anything's `nn.Linear`."""
+    return Dense(features, dtype=dtype)
 
 
 class Attention(nn.Module):
