@@ -1,12 +1,13 @@
 """Make EfficientViT-SAM weights that segment drawn shapes, to demonstrate the predictor,
 the automatic mask generator and `evit-segment` without downloading a checkpoint.
 
-The image encoder keeps its random initialisation (it is never trained here); only the
-prompt encoder and mask decoder (4 M parameters) are fine-tuned, for a few CPU minutes, on
-procedurally drawn scenes of coloured shapes with exact masks: clicks and boxes as prompts,
-segment-anything's losses (sigmoid BCE + dice on the masks, MSE on the predicted IoU, the
-best of the three multimask outputs for single clicks). This is a demonstration, not a
-replacement for the authors' checkpoints (convert those with `evit-convert`).
+The image encoder is random and never trained (every conv / linear weight drawn from
+N(0, 1 / fan_in), so features neither vanish nor explode through its depth); only the prompt
+encoder and mask decoder (4 M parameters) are trained, for some CPU minutes, on procedurally
+drawn scenes of coloured shapes with exact masks: clicks and boxes as prompts, sigmoid BCE +
+dice on the masks, MSE on the predicted IoU, and the best of the three multimask outputs for
+single clicks (as segment-anything trains). This is a demonstration of the machinery, not a
+substitute for the authors' checkpoints (convert those with `evit-convert`).
 
   python examples/sam_shapes_demo.py --dst demo_weights --steps 300
   evit-segment --model efficientvit-sam-l0 --weights demo_weights \
@@ -104,16 +105,29 @@ def sample_prompt(rng, mask: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray,
     return coords, labels
 
 
+def random_encoder(variables: dict, seed: int) -> dict:
+    """Fan-in-scaled random weights for the image encoder (a stand-in for a trained one)."""
+    from flax.traverse_util import flatten_dict, unflatten_dict
+
+    rng = np.random.default_rng(seed)
+    flat = flatten_dict(variables["params"]["image_encoder"])
+    for path, v in flat.items():
+        if path[-1] == "kernel":
+            fan_in = int(np.prod(v.shape[:-1]))
+            flat[path] = (rng.standard_normal(v.shape) / np.sqrt(fan_in)).astype(np.float32)
+    variables["params"]["image_encoder"] = unflatten_dict(flat)
+    return variables
+
+
 def losses(logits, iou_pred, target, single):
-    """segment-anything's losses per prompt: 20 * focal-free BCE + dice on the chosen mask
-    (token 0 for boxes / several clicks, the best of tokens 1-3 for one click), MSE of the
-    predicted IoUs."""
+    """Per prompt: sigmoid BCE + dice on the chosen mask (token 0 for boxes / several clicks,
+    the best of tokens 1-3 for one click); MSE of the predicted IoUs."""
     t = target[:, None]
     bce = optax.sigmoid_binary_cross_entropy(logits, jnp.broadcast_to(t, logits.shape))
     bce = bce.mean((-2, -1))
     p = jax.nn.sigmoid(logits)
     dice = 1 - (2 * (p * t).sum((-2, -1)) + 1) / (p.sum((-2, -1)) + t.sum((-2, -1)) + 1)
-    per_token = 20 * bce + dice                                       # [B, 4]
+    per_token = bce + dice                                            # [B, 4]
     multi = per_token[:, 1:].min(-1)
     mask_loss = jnp.where(single, per_token[:, 0], multi)
     hard = (logits > 0).astype(jnp.float32)
@@ -135,7 +149,7 @@ def main() -> None:
 
     rng = np.random.default_rng(args.seed)
     model = evit_jax.create_model(MODEL)
-    variables = jax.device_get(init_variables(model, jax.random.key(args.seed)))
+    variables = random_encoder(init_variables(model, args.seed), args.seed)
     size = model.head_cfg.encoder_size
     input_size = preprocess_shape(H, W, 1024)
     scale = np.array([input_size[1] / W, input_size[0] / H])
@@ -145,7 +159,7 @@ def main() -> None:
     feats = np.concatenate([np.asarray(encode(model, variables, preprocess(img, size)))
                             for img, _ in scenes])
     targets = [[low_res_target(m, input_size) for m in masks] for _, masks in scenes]
-    print(f"encoded {len(scenes)} scenes in {time.time() - t0:.0f} s")
+    print(f"encoded {len(scenes)} scenes in {time.time() - t0:.0f} s", flush=True)
 
     decoder = model.prompt_decoder()
     params = model.decoder_variables(variables)["params"]
@@ -180,12 +194,13 @@ def main() -> None:
         params, opt_state, (ml, il) = step(params, opt_state, feats[idx], c, lab, tgt, single)
         if i % 25 == 0 or i == args.steps - 1:
             print(f"step {i:4d}  mask loss {float(ml):.3f}  iou loss {float(il):.4f}  "
-                  f"{time.time() - t0:.0f} s")
-    variables["params"].update(jax.device_get(params))
-    evit_jax.save_variables(variables, args.dst, model=MODEL, overwrite=True,
-                            metadata={"demo": "random image encoder; prompt encoder and mask "
-                                      f"decoder fine-tuned {args.steps} steps on drawn shapes"})
-    print(f"wrote {args.dst}")
+                  f"{time.time() - t0:.0f} s", flush=True)
+        if (i + 1) % 100 == 0 or i == args.steps - 1:  # a usable directory along the way
+            variables["params"].update(jax.device_get(params))
+            evit_jax.save_variables(variables, args.dst, model=MODEL, overwrite=True, metadata={
+                "demo": "random image encoder; prompt encoder and mask decoder trained "
+                        f"{i + 1} steps on drawn shapes (examples/sam_shapes_demo.py)"})
+            print(f"wrote {args.dst} (step {i + 1})", flush=True)
     if args.scene_out:
         img, _ = draw_scene(np.random.default_rng(args.seed + 1000))
         Image.fromarray(img).save(args.scene_out)

@@ -16,7 +16,7 @@ from evit_jax.sam.mask_decoder import ConvTranspose2x2
 from evit_jax.sam.prompt_encoder import PatchConv, PositionEmbeddingRandom
 from evit_jax.sam.transformer import Attention
 from evit_jax.sam.transforms import postprocess_matrices, preprocess, preprocess_shape
-from evit_jax.zoo import init_variables
+from evit_jax.zoo import abstract_variables
 from tests.sam_helpers import rel_l2, sam_case
 
 NAMES = evit_jax.list_models("efficientvit-sam-*")
@@ -31,7 +31,7 @@ def test_zoo_rows(name):
     assert isinstance(model, EfficientViTSam) and spec.task == "sam" and spec.norm_eps == 1e-6
     size = 1024 if "xl" in name else 512
     assert model.head_cfg.encoder_size == size and spec.resolution == (size, size)
-    abstract = jax.eval_shape(lambda: init_variables(model, jax.random.key(0)))
+    abstract = abstract_variables(model)
     top = set(abstract["params"])
     assert top == {"image_encoder", "prompt_encoder", "mask_decoder"}
     n = sum(x.size for x in jax.tree.leaves(abstract["params"]))
@@ -91,14 +91,14 @@ def test_attention_broadcasts_a_shared_image_and_masks_keys():
     att = Attention(32, 4, 2)
     rng = np.random.default_rng(2)
     q, img = rng.normal(size=(3, 5, 32)), rng.normal(size=(1, 7, 32))
-    v = att.init(jax.random.key(0), q, img, img)
-    shared = att.apply(v, q, img, img)  # 3 queries against one image
-    tiled = att.apply(v, q, np.repeat(img, 3, 0), np.repeat(img, 3, 0))
+    v = jax.jit(att.init)(jax.random.key(0), q, img, img)
+    apply = jax.jit(att.apply)
+    shared = apply(v, q, img, img)  # 3 queries against one image
+    tiled = apply(v, q, np.repeat(img, 3, 0), np.repeat(img, 3, 0))
     np.testing.assert_allclose(shared, tiled, atol=1e-5)
     mask = np.array([[True] * 5 + [False] * 2] * 3)
-    np.testing.assert_allclose(att.apply(v, q, np.repeat(img, 3, 0), np.repeat(img, 3, 0),
-                                         mask), att.apply(v, q, img[:, :5], img[:, :5]),
-                               atol=1e-5)
+    np.testing.assert_allclose(apply(v, q, np.repeat(img, 3, 0), np.repeat(img, 3, 0), mask),
+                               apply(v, q, img[:, :5], img[:, :5]), atol=1e-5)
 
 
 def test_preprocess_resizes_normalises_and_pads():
@@ -129,7 +129,7 @@ def test_postprocess_matrices_match_torch_interpolate(original):
 
 def test_encode_image_checks_the_size_and_call_without_prompts():
     model = evit_jax.create_model("efficientvit-sam-l0")
-    v = jax.eval_shape(lambda: init_variables(model, jax.random.key(0)))
+    v = abstract_variables(model)
     def shape(*args, **kw):
         return jax.eval_shape(lambda v, *a: model.apply(v, *a, **kw), v, *args)
 
