@@ -189,8 +189,8 @@ class EfficientViTSam(nn.Module):
                  train: bool = False) -> Array | tuple[Array, Array]:
         """Images `[N, H, W, 3]` -> embeddings; with prompts (one image, or one prompt per
         image) -> `predict_masks`'s output. Unlike `encode_image`, any size that is a
-        multiple of 64 is taken (the neck resizes to the 64 x 64 grid), so `init` is cheap;
-        only the encoder size matches pretrained weights."""
+        multiple of 32 (64 for XL) is taken (the neck resizes to the 64 x 64 grid), so
+        `init` is cheap; only the encoder size matches pretrained weights."""
         check_image_batch(images, 64 if self.backbone_cfg.num_stages > 5 else 32)
         emb = self.image_encoder(images, train)
         if point_coords is None:
