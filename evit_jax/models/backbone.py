@@ -128,7 +128,10 @@ class EfficientViTBackbone(nn.Module):
         zl = self.zero_init_last
 
         def block(kind, features, stride, expand, fewer_norm=False):
-            return _local_block(kind, features, stride, expand, cfg.act, fewer_norm, eps, zl, dt)
+            # "Last gamma" zero only on identity-residual branches (stride 1): a downsampling
+            # block has no shortcut, and a zero BN there would cut the signal.
+            return _local_block(kind, features, stride, expand, cfg.act, fewer_norm, eps,
+                                zl and stride == 1, dt)
 
         def evit(expand, scales):
             return EfficientViTBlock(cfg.dim, expand, scales, self.attn_eps, cfg.act, "bn2d",

@@ -1,0 +1,210 @@
+"""End-to-end training: the CLI, exact resume after kill -9, 2-process parity, SIGTERM,
+corrupted checkpoints, the workdir loader, and the demo's accuracy on a reduced run.
+
+Runs are real `python -m train.main` processes on EfficientViT-B0 at 32 px (a batch of 8)
+on the tiny embedded dataset. They share one XLA compilation cache, so only the first run
+of each device layout pays the compile.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMEOUT = 900
+
+
+@pytest.fixture(scope="module")
+def env(shapes_dir, tmp_path_factory):
+    e = dict(os.environ)
+    e.update(PYTHONPATH=ROOT, EVIT_DATA_DIR=shapes_dir, JAX_PLATFORMS="cpu",
+             EVIT_XLA_CACHE=os.environ.get("EVIT_TEST_XLA_CACHE")
+             or str(tmp_path_factory.mktemp("xla")))
+    return e
+
+
+def _cmd(workdir: str, steps: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "train.main", "--config", f"configs/demo.py:tiny,steps={steps}",
+            "--workdir", str(workdir), "--config.batch_size=8", "--config.data.num_workers=0",
+            "--config.data.eval_examples=32", "--config.eval_batch_size=16",
+            "--config.progress_bar=False", "--config.log_every_steps=1", *extra]
+
+
+def _run(cmd, env, devices=1, **kw):
+    e = dict(env, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    return subprocess.run(cmd, cwd=ROOT, env=e, capture_output=True, text=True,
+                          timeout=TIMEOUT, **kw)
+
+
+def _params(workdir, ema=False):
+    from train.checkpoint import load_inference_variables
+    import jax
+    v = load_inference_variables(str(workdir), use_ema=ema)
+    return np.concatenate([np.ravel(x) for x in jax.tree.leaves(v)])
+
+
+def _rel(a, b):
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+@pytest.fixture(scope="module")
+def reference_run(env, tmp_path_factory):
+    """An uninterrupted 40-step run (checkpoints every 10)."""
+    wd = tmp_path_factory.mktemp("ref")
+    r = _run(_cmd(wd, 40, "--config.checkpoint_every_steps=10"), env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return wd, r
+
+
+def test_cli_writes_checkpoints_metrics_plot_and_summary(reference_run):
+    wd, r = reference_run
+    assert "Done: step 40" in r.stdout and "img/s" in r.stdout
+    assert sorted(os.listdir(wd / "checkpoints"))[-1] == "40"
+    res = json.load(open(wd / "eval_results.json"))
+    assert set(res) == {"step", "top1", "top5"} and res["step"] == 40
+    rows = [json.loads(line) for line in open(wd / "metrics.jsonl")]
+    train = [m for m in rows if m["split"] == "train"]
+    assert [m["step"] for m in train] == list(range(1, 41))
+    assert {"loss", "lr", "top1", "img_per_s"} <= set(train[0])
+    assert (wd / "curves.png").stat().st_size > 10_000
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(wd / "tb"))
+
+
+def test_workdir_loads_as_inference_variables(reference_run):
+    import jax.numpy as jnp
+
+    from evit_jax import create_model
+    from train.checkpoint import load_inference_variables
+    wd, _ = reference_run
+    v = load_inference_variables(str(wd))
+    ema_first = np.ravel(jax_leaves(v)[0])
+    raw_first = np.ravel(jax_leaves(load_inference_variables(str(wd), use_ema=False))[0])
+    assert not np.array_equal(ema_first, raw_first), "EMA weights are the default"
+    logits = create_model("efficientvit-b0", num_classes=10).apply(v, jnp.zeros((2, 32, 32, 3)))
+    assert logits.shape == (2, 10) and np.isfinite(np.asarray(logits)).all()
+
+
+def jax_leaves(tree):
+    import jax
+    return jax.tree.leaves(tree)
+
+
+def test_resume_after_kill_9_equals_uninterrupted(reference_run, env, tmp_path):
+    ref, _ = reference_run
+    cmd = _cmd(tmp_path, 40, "--config.checkpoint_every_steps=10")
+    e = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=e, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + TIMEOUT
+    try:  # kill -9 once the step-10 checkpoint is final and training has gone on past it
+        while time.time() < deadline and proc.poll() is None:
+            done = (tmp_path / "checkpoints" / "10" / "_CHECKPOINT_METADATA").exists()
+            rows = open(tmp_path / "metrics.jsonl").read() if done else ""
+            if done and '"step": 12,' in rows:
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run was killed mid-way"
+    assert "40" not in os.listdir(tmp_path / "checkpoints")
+    r = _run(cmd, env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "resumed from" in r.stdout
+    for ema in (False, True):
+        assert _rel(_params(tmp_path, ema), _params(ref, ema)) <= 1e-6
+    steps = [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")
+             if '"train"' in line]
+    assert steps == list(range(1, 41)), "metrics.jsonl tells one story after the resume"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process(env, tmp_path):
+    single = tmp_path / "single"
+    r = _run(_cmd(single, 20), env, devices=4)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    multi = tmp_path / "multi"
+    port = _free_port()
+    e = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    procs = [subprocess.Popen(
+        _cmd(multi, 20, "--coordinator_address", f"127.0.0.1:{port}", "--num_processes", "2",
+             "--process_id", str(i)), cwd=ROOT, env=e, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outs = []
+    for p in procs:
+        try:
+            outs.append(p.communicate(timeout=TIMEOUT)[0])
+        finally:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+    assert _rel(_params(multi), _params(single)) <= 1e-5
+    a, b = (json.load(open(d / "eval_results.json")) for d in (single, multi))
+    assert a["step"] == b["step"] == 20 and abs(a["top1"] - b["top1"]) < 1e-9
+    assert sorted(os.listdir(multi / "checkpoints" / "20" / "data")) == \
+        ["process_0-of-2.json", "process_1-of-2.json"]
+
+
+def test_sigterm_saves_and_exits(env, tmp_path):
+    cmd = _cmd(tmp_path, 400, "--config.checkpoint_every_steps=1000")
+    e = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=e, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + TIMEOUT
+        while time.time() < deadline and proc.poll() is None:
+            m = tmp_path / "metrics.jsonl"
+            if m.exists() and '"step": 3,' in m.read_text():
+                proc.send_signal(signal.SIGTERM)
+                break
+            time.sleep(0.05)
+        out = proc.communicate(timeout=TIMEOUT)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, out[-3000:]
+    steps = [int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()]
+    assert len(steps) == 1 and 3 <= steps[0] < 400, "one checkpoint, at the step it stopped"
+    assert "rerun the same command to resume" in out
+
+
+def test_corrupted_checkpoint_is_named_and_nothing_is_lost(reference_run, env, tmp_path):
+    import shutil
+    ref, _ = reference_run
+    shutil.copytree(ref / "checkpoints", tmp_path / "checkpoints")
+    latest = tmp_path / "checkpoints" / "40"
+    for root, _, files in os.walk(latest / "params"):
+        for f in files:
+            if "ocdbt" in root or f.startswith("d"):
+                with open(os.path.join(root, f), "r+b") as fh:
+                    fh.write(b"\0" * 64)
+    before = sorted(os.listdir(tmp_path / "checkpoints"))
+    r = _run(_cmd(tmp_path, 50), env)
+    assert r.returncode != 0
+    assert f"cannot restore checkpoint {latest}" in r.stderr
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == before
+
+
+def test_demo_reduced_run_learns(env, tmp_path):
+    """The demo recipe on the tiny set (640 images), 150 steps: far above chance (10 %)."""
+    r = _run(_cmd(tmp_path, 150, "--config.batch_size=32", "--config.data.eval_examples=0",
+                  "--config.checkpoint_every_steps=1000", "--config.log_every_steps=25"), env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    res = json.load(open(tmp_path / "eval_results.json"))
+    assert res["top1"] >= 0.5, res
