@@ -48,9 +48,11 @@ def base_config() -> mlc.ConfigDict:
     c.drop_path_skip = 0
     c.zero_init_last = True
     c.init_from = ""  # fine-tuning: converted weights dir or training workdir ("" = scratch)
-    c.init_exclude = ("head/op_list_3",)  # regexes of param paths not to load if shapes differ
-    c.init_include = ""  # regex: load only matching paths (e.g. "^backbone/"); "" = all
+    c.init_exclude = ("/head/op_list_3/",)  # regexes of paths (params/..., batch_stats/...)
+    # left fresh when their shapes differ from the loaded ones
+    c.init_include = ""  # regex: load only matching paths ("/backbone/"); "" = all
 
+    c.model_parallel = 1  # size of the mesh's "model" axis (big kernels split over it)
     c.batch_size = 128  # global, over all hosts
     c.eval_batch_size = 128
     c.total_steps = 1000

@@ -34,10 +34,9 @@ def get_config(arg: str | None = None):
     c.input.train_sizes = (a.size,)
     c.input.eval_size = a.size
     c.input.eval_crop = 1.0
-    c.input.rrc_scale = (0.35, 1.0)
+    c.input.rrc_scale = (0.5, 1.0)
     c.input.interpolation = "bilinear"
-    c.input.randaug_n = 1
-    c.input.randaug_m = 3
+    c.input.randaug_n = 0  # the few steps of a CPU run learn faster without it
     c.input.mean = (0.5, 0.5, 0.5)
     c.input.std = (0.25, 0.25, 0.25)
     return common.runlocal(c) if a.runlocal else c

@@ -46,8 +46,9 @@ def _run(cmd, env, devices=1, **kw):
 
 
 def _params(workdir, ema=False):
-    from train.checkpoint import load_inference_variables
     import jax
+
+    from train.checkpoint import load_inference_variables
     v = load_inference_variables(str(workdir), use_ema=ema)
     return np.concatenate([np.ravel(x) for x in jax.tree.leaves(v)])
 
@@ -80,6 +81,7 @@ def test_cli_writes_checkpoints_metrics_plot_and_summary(reference_run):
 
 
 def test_workdir_loads_as_inference_variables(reference_run):
+    import jax
     import jax.numpy as jnp
 
     from evit_jax import create_model
@@ -89,7 +91,8 @@ def test_workdir_loads_as_inference_variables(reference_run):
     ema_first = np.ravel(jax_leaves(v)[0])
     raw_first = np.ravel(jax_leaves(load_inference_variables(str(wd), use_ema=False))[0])
     assert not np.array_equal(ema_first, raw_first), "EMA weights are the default"
-    logits = create_model("efficientvit-b0", num_classes=10).apply(v, jnp.zeros((2, 32, 32, 3)))
+    model = create_model("efficientvit-b0", num_classes=10)
+    logits = jax.jit(model.apply)(v, jnp.zeros((2, 32, 32, 3)))
     assert logits.shape == (2, 10) and np.isfinite(np.asarray(logits)).all()
 
 

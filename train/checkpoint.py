@@ -18,6 +18,7 @@ import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
 ITEMS = ("params", "ema", "opt", "data")
 
@@ -87,8 +88,11 @@ class Checkpoints:
         return self.manager.reached_preemption(step)
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        """Wait for pending saves (required before exit) and release the manager; idempotent."""
+        if self.manager is not None:
+            self.manager.wait_until_finished()
+            self.manager.close()
+            self.manager = None
 
 
 class SigtermFlag:
@@ -138,21 +142,32 @@ def load_inference_variables(workdir: str, step: int | None = None,
     directory = checkpoint_dir(workdir)
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"{workdir!r} is not a training workdir (no checkpoints/)")
-    with ocp.CheckpointManager(directory, item_names=ITEMS,
-                               options=ocp.CheckpointManagerOptions(read_only=True)) as mngr:
-        step = mngr.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no finished checkpoint in {directory}")
-        path = os.path.join(directory, str(step))
-        has_ema = os.path.isdir(os.path.join(path, "ema"))
-        item = "ema" if (has_ema if use_ema is None else use_ema) else "params"
-        if item == "ema" and not has_ema:
-            raise FileNotFoundError(f"checkpoint {path} holds no EMA weights")
-        try:
-            meta = mngr.item_metadata(step)[item]
-            restore = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
-            out = mngr.restore(step, args=ocp.args.Composite(
-                **{item: ocp.args.PyTreeRestore(restore_args=restore)}))[item]
-        except Exception as e:  # noqa: BLE001
-            raise CheckpointError(f"cannot read {item!r} of checkpoint {path}: {e}") from e
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)  # orbax warns about read-only use and step metadata
+    try:
+        return _load_item(directory, step, use_ema)
+    finally:
+        logging.set_verbosity(verbosity)
+
+
+def _load_item(directory: str, step: int | None, use_ema: bool | None) -> dict[str, Any]:
+    if step is None:
+        with ocp.CheckpointManager(directory, item_names=ITEMS,
+                                   options=ocp.CheckpointManagerOptions(read_only=True)) as m:
+            step = m.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"no finished checkpoint in {directory}")
+    path = os.path.join(directory, str(step))
+    has_ema = os.path.isdir(os.path.join(path, "ema"))
+    item = "ema" if (has_ema if use_ema is None else use_ema) else "params"
+    if not os.path.isdir(os.path.join(path, item)):
+        raise FileNotFoundError(f"checkpoint {path} holds no {item!r} weights")
+    try:
+        with ocp.PyTreeCheckpointer() as ckptr:
+            tree = ckptr.metadata(os.path.join(path, item)).item_metadata.tree
+            restore = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+            out = ckptr.restore(os.path.join(path, item),
+                                args=ocp.args.PyTreeRestore(restore_args=restore))
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"cannot read {item!r} of checkpoint {path}: {e}") from e
     return {"params": out["params"], "batch_stats": out.get("batch_stats", {})}

@@ -95,7 +95,7 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     pid, nproc = jax.process_index(), jax.process_count()
-    mesh = make_mesh(config.get("model_parallel", 1))
+    mesh = make_mesh(config.model_parallel)
     data = input_pipeline.make_data(config, pid, nproc)
     num_classes = config.num_classes or data.num_classes
     if data.num_classes and num_classes != data.num_classes:

@@ -140,9 +140,9 @@ def render(rng: np.random.Generator, size: int = 64) -> tuple[np.ndarray, np.nda
     big = size * SS
     bg_tex = _texture(rng, size)
     bg = _to_image(bg_tex, big)
-    _clutter(ImageDraw.Draw(bg), rng, big, int(rng.integers(3, 9)))
+    _clutter(ImageDraw.Draw(bg), rng, big, int(rng.integers(2, 7)))
 
-    radius = rng.uniform(0.24, 0.4) * big
+    radius = rng.uniform(0.28, 0.42) * big
     centre = rng.uniform(radius * 0.8, big - radius * 0.8, 2)
     angle = rng.uniform(0, 2 * np.pi)
     shape = Image.new("L", (big, big), 0)
@@ -154,16 +154,15 @@ def render(rng: np.random.Generator, size: int = 64) -> tuple[np.ndarray, np.nda
         sd.polygon(pts, fill=255 if k == 0 else 0)
         ed.line(pts + pts[:1], fill=255, width=width, joint="curve")
 
-    fill = _texture(rng, size)
-    if rng.random() < 0.5:  # mostly one colour with some shading, as painted objects are
-        fill = 0.75 * rng.random(3) + 0.25 * fill
+    # A base colour with a texture on top (painted, printed, striped objects).
+    fill = rng.random(3) + rng.uniform(0.15, 0.5) * (_texture(rng, size) - 0.5)
     # Keep the object apart from the background: push it away from the mean background colour.
     fill = fill + 0.35 * np.sign(fill.mean((0, 1)) - bg_tex.mean((0, 1)) + 1e-3)
     img = Image.composite(_to_image(fill, big), bg, shape)
     if rng.random() < 0.6:  # a dark outline
         dark = Image.new("RGB", (big, big), tuple(int(v) for v in rng.integers(0, 80, 3)))
         img = Image.composite(dark, img, edge)
-    _clutter(ImageDraw.Draw(img), rng, big, int(rng.integers(0, 3)), ImageDraw.Draw(shape))
+    _clutter(ImageDraw.Draw(img), rng, big, int(rng.integers(0, 2)), ImageDraw.Draw(shape))
 
     img = img.resize((size, size), Image.LANCZOS).filter(
         ImageFilter.GaussianBlur(rng.uniform(0.15, 0.6)))
