@@ -81,6 +81,8 @@ def reset_bn(config: Any, model: Any, variables: dict, pid: int = 0, nproc: int 
     keys = sorted(sums)
     packed = np.concatenate([np.concatenate([sums[k][0], sums[k][1]]) for k in keys] + [[count]])
     if nproc > 1:
+        from train.sync import barrier
+        barrier("bn_stats_done")
         packed = np.asarray(multihost_utils.process_allgather(packed)).sum(0)
     total = max(packed[-1], 1)
     avg, i = {}, 0

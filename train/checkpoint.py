@@ -14,7 +14,6 @@ import os
 import signal
 from typing import Any
 
-import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -46,6 +45,7 @@ class Checkpoints:
         return self.manager.latest_step()
 
     def save(self, step: int, state: Any, data_iter: Any) -> None:
+        import grain
         items = dict(params=ocp.args.StandardSave(
                          {"params": state.params, "batch_stats": state.batch_stats}),
                      opt=ocp.args.StandardSave(
@@ -58,6 +58,7 @@ class Checkpoints:
     def restore(self, step: int, abstract_state: Any, data_iter: Any) -> Any:
         """The state saved at `step` (laid out like `abstract_state`); `data_iter` is
         positioned where that step left it. Raises CheckpointError naming the checkpoint."""
+        import grain
         a = abstract_state
         items = dict(params=ocp.args.StandardRestore(
                          {"params": a.params, "batch_stats": a.batch_stats}),

@@ -94,6 +94,8 @@ class Evaluator:
         if items:
             total += self._flush(variables, items)
         if jax.process_count() > 1:
+            from train.sync import barrier
+            barrier("eval_done")  # hosts finish their shares at different times
             total = np.asarray(multihost_utils.process_allgather(total)).sum(0)
         if self.task == "cls":
             n = max(int(total[2]), 1)
@@ -108,7 +110,7 @@ class Evaluator:
 
 # ------------------------------------------------------------------------------ evit-eval CLI
 
-def load_weights(weights: str, model: str | None) -> tuple[dict, str, dict]:
+def load_weights(weights: str, model: str | None, raw: bool = False) -> tuple[dict, str, dict]:
     """(variables, model name, the run's config dict or {}) from a training workdir, a
     `.safetensors` / `.npz` PyTorch-style state dict (official or timm names), or a directory
     of converted weights (`evit_jax.load_variables`)."""
@@ -125,7 +127,7 @@ def load_weights(weights: str, model: str | None) -> tuple[dict, str, dict]:
         name = model or run.get("model")
         if not name:
             raise ValueError(f"{weights}/config.json is missing: pass --model")
-        return load_inference_variables(weights), name, run
+        return load_inference_variables(weights, use_ema=False if raw else None), name, run
     if not model:
         raise ValueError("--model is required for converted weights (e.g. efficientvit-b1-r224)")
     if weights.endswith((".safetensors", ".npz")):
@@ -198,9 +200,10 @@ def run_eval(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--examples", type=int, default=0, help="first N examples only")
     p.add_argument("--num_workers", type=int, default=2)
+    p.add_argument("--raw", action="store_true", help="a workdir's raw weights, not its EMA")
     p.add_argument("--out", default="", help="also write the results JSON here")
     args = p.parse_args(argv)
-    variables, name, run = load_weights(args.weights, args.model)
+    variables, name, run = load_weights(args.weights, args.model, args.raw)
     c = eval_config(name, run, args)
     ds, n, n_cls = make_eval_dataset(c)
     k = c.num_classes or n_cls

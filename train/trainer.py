@@ -22,7 +22,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from train import bn_reset, input_pipeline, losses, metrics
+from train import bn_reset, input_pipeline, losses, metrics, sync
 from train.checkpoint import Checkpoints, SigtermFlag, write_json_atomic
 from train.evaluate import Evaluator
 from train.optim import make_optimizer
@@ -105,6 +105,8 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     tx, schedule = make_optimizer(config)
     state, sharding = init_state(config, model, tx, mesh)
 
+    sync.use_distributed_barriers_in_orbax()
+    sync.barrier("state_ready")
     ckpt = Checkpoints(workdir, keep=config.keep_checkpoints)
     start = ckpt.latest_step() or 0
     if start:
@@ -120,9 +122,10 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
         progress.write(f"resumed from {ckpt.directory}/{start}")
 
     batch_sharding = NamedSharding(mesh, P("data"))
-    step_fn = jax.jit(make_train_step(config, model, tx, schedule, num_classes),
-                      in_shardings=(sharding, batch_sharding), out_shardings=(sharding, None),
-                      donate_argnums=(0,))
+    step_fn = sync.Compiled(jax.jit(make_train_step(config, model, tx, schedule, num_classes),
+                                    in_shardings=(sharding, batch_sharding),
+                                    out_shardings=(sharding, None), donate_argnums=(0,)),
+                            "train_step")
     evaluator = Evaluator(build_model(config, num_classes, train=False), config.task,
                           num_classes, config.eval_batch_size, config.input.ignore_index)
 
