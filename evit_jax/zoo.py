@@ -11,15 +11,21 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
+import zlib
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+import numpy as np
+from flax.traverse_util import flatten_dict, unflatten_dict
 
 from evit_jax.models.backbone import BackboneConfig
 from evit_jax.models.cls import EfficientViTCls
 from evit_jax.models.heads import ClsHeadConfig, SegHeadConfig
 from evit_jax.models.seg import EfficientViTSeg
+from evit_jax.nn.init import recording
+from evit_jax.sam.model import EfficientViTSam, SamConfig
 
 _L = dict(family="l", dim=32, act="gelu")
 _XL = dict(family="l", dim=32, act="gelu",
@@ -112,6 +118,11 @@ _SEG = [
     ("l1", "ade20k", 128, 3, 4, "fmbconv", 8, 49.191),
     ("l2", "ade20k", 128, 3, 4, "fmbconv", 8, 50.702),
 ]
+# EfficientViT-SAM: (variant, encoder size, neck depth, neck expand, COCO mAP, LVIS mAP); the
+# neck reads the three deepest stages. mAP: zero-shot with ViTDet boxes (EfficientViT-SAM paper).
+_SAM = [("l0", 512, 4, 1, 45.7, 41.8), ("l1", 512, 8, 1, 46.2, 42.1),
+        ("l2", 512, 12, 1, 46.6, 42.7), ("xl0", 1024, 6, 4, 47.5, 43.9),
+        ("xl1", 1024, 12, 4, 47.8, 44.4)]
 SEG_DATASETS = {"cityscapes": dict(num_classes=19, resolution=(1024, 2048)),
                 "ade20k": dict(num_classes=150, resolution=(512, 512))}
 
@@ -135,6 +146,13 @@ def _build_table() -> dict[str, ModelSpec]:
         table[name] = ModelSpec(name, "seg", v, head, NORM_EPS[bb.family],
                                 resolution=SEG_DATASETS[ds]["resolution"],
                                 checkpoint=f"efficientvit_seg_{v}_{ds}.pt", paper={"miou": miou})
+    for v, size, depth, expand, coco, lvis in _SAM:
+        n = BACKBONES[v].num_stages
+        fids = tuple(f"stage{i}" for i in range(n - 1, n - 4, -1))
+        name = f"efficientvit-sam-{v}"
+        table[name] = ModelSpec(name, "sam", v, SamConfig(size, fids, depth, expand), 1e-6,
+                                resolution=(size, size), checkpoint=f"efficientvit_sam_{v}.pt",
+                                paper={"coco_map": coco, "lvis_map": lvis})
     for v in ("b0", "b1", "b2", "b3", "l1", "l2", "l3"):  # timm: own key names, attn eps 1e-5
         name = f"efficientvit_{v}"
         table[name] = dataclasses.replace(table[f"efficientvit-{v}"], name=name, attn_eps=1e-5,
@@ -143,7 +161,8 @@ def _build_table() -> dict[str, ModelSpec]:
 
 
 MODELS: dict[str, ModelSpec] = _build_table()
-_FACTORIES: dict[str, Any] = {"cls": EfficientViTCls, "seg": EfficientViTSeg}
+_FACTORIES: dict[str, Any] = {"cls": EfficientViTCls, "seg": EfficientViTSeg,
+                              "sam": EfficientViTSam}
 
 
 def register(spec: ModelSpec, factory: Any = None) -> None:
@@ -173,16 +192,45 @@ def model_info(name: str) -> ModelSpec:
     return MODELS[_canonical(name)]
 
 
-def init_variables(model: nn.Module, rng: Any) -> dict[str, Any]:
-    """Freshly initialised variables (`params`, `batch_stats`) of a zoo module.
+def _example_inputs(model: nn.Module) -> tuple:
+    """Arguments for `model.init`: SAM provides `example_inputs()`; the others take a 64x64
+    image batch (parameter shapes do not depend on the resolution)."""
+    if hasattr(model, "example_inputs"):
+        return tuple(model.example_inputs())
+    return (jnp.zeros((1, 64, 64, 3), jnp.float32),)
 
-    Modules whose `__call__` takes more than an image batch (SAM) provide
-    `example_inputs()`; the others are initialised on a 64x64 image (parameter shapes do not
-    depend on the resolution).
+
+def abstract_variables(model: nn.Module) -> dict[str, Any]:
+    """The variables' tree of shapes and dtypes (`jax.ShapeDtypeStruct` leaves), no values."""
+    return dict(jax.eval_shape(model.init, jax.random.key(0), *_example_inputs(model)))
+
+
+def init_variables(model: nn.Module, rng: Any = 0) -> dict[str, Any]:
+    """Freshly initialised variables (`params`, `batch_stats`) of a zoo module, as numpy.
+
+    Initialisation runs on the host (see `evit_jax.nn.init`): shapes come from tracing the
+    model, values from numpy seeded by (seed, variable path), so no random-number program is
+    compiled (that takes minutes for the large models on a CPU). The same rng always gives the
+    same variables.
+
+    Args:
+      model: a module from `create_model`.
+      rng: an int seed or a jax PRNG key.
     """
-    args = model.example_inputs() if hasattr(model, "example_inputs") \
-        else (jnp.zeros((1, 64, 64, 3), jnp.float32),)
-    return dict(model.init(rng, *args))
+    args = _example_inputs(model)
+    key = jax.random.key(rng) if isinstance(rng, int) else rng
+    with recording() as specs:
+        abstract = jax.eval_shape(model.init, key, *args)
+    flat = flatten_dict(dict(abstract))
+    if any(path not in specs for path in flat):
+        # A module with parameters declared outside evit_jax.nn.init: let Flax do it.
+        return dict(jax.jit(model.init)(key, *args))
+    seed = [int(v) for v in np.asarray(jax.random.key_data(key)).ravel()]
+    out = {}
+    for path, leaf in flat.items():
+        rng_np = np.random.default_rng(seed + [zlib.crc32("/".join(path).encode())])
+        out[path] = specs[path].numpy(rng_np, tuple(leaf.shape)).astype(leaf.dtype)
+    return unflatten_dict(out)
 
 
 def create_model(name: str, dtype: Any = jnp.float32, **overrides: Any) -> nn.Module:

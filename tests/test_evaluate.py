@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -12,11 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import load_synth
 from train import augment
 from train.evaluate import Evaluator, run_eval
 
-sys.path.insert(0, "/work/shared/parity")
-synth = pytest.importorskip("synth")
+synth = load_synth()
 
 
 def _synthetic_weights(tmp_path, name="efficientvit-b0"):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 import jax
 import numpy as np
 import pytest
@@ -11,11 +9,11 @@ import pytest
 from evit_jax import create_model
 from evit_jax.convert.keymap import convert_state_dict
 from evit_jax.zoo import init_variables
+from tests.conftest import load_synth
 from train.optim import path_str
 from train.state import merge_pretrained
 
-sys.path.insert(0, "/work/shared/parity")
-synth = pytest.importorskip("synth")
+synth = load_synth()
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,9 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 ITEMS = ("params", "ema", "opt", "data")
+# The run's config, model name and class count (not `config.json`: that name marks a
+# directory of converted variables for `evit_jax.load_variables`).
+RUN_CONFIG = "run_config.json"
 
 
 class CheckpointError(RuntimeError):

@@ -117,16 +117,16 @@ def load_weights(weights: str, model: str | None, raw: bool = False) -> tuple[di
     import json
     import os
 
-    from train.checkpoint import is_workdir, load_inference_variables
+    from train.checkpoint import RUN_CONFIG, is_workdir, load_inference_variables
     if is_workdir(weights):
         run = {}
-        cfg_path = os.path.join(weights, "config.json")
+        cfg_path = os.path.join(weights, RUN_CONFIG)
         if os.path.exists(cfg_path):
             with open(cfg_path) as f:
                 run = json.load(f)
         name = model or run.get("model")
         if not name:
-            raise ValueError(f"{weights}/config.json is missing: pass --model")
+            raise ValueError(f"{weights}/{RUN_CONFIG} is missing: pass --model")
         return load_inference_variables(weights, use_ema=False if raw else None), name, run
     if not model:
         raise ValueError("--model is required for converted weights (e.g. efficientvit-b1-r224)")

@@ -23,7 +23,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from train import bn_reset, input_pipeline, losses, metrics, sync
-from train.checkpoint import Checkpoints, SigtermFlag, write_json_atomic
+from train.checkpoint import RUN_CONFIG, Checkpoints, SigtermFlag, write_json_atomic
 from train.evaluate import Evaluator
 from train.optim import make_optimizer
 from train.state import TrainState, build_model, init_state, make_mesh
@@ -113,7 +113,7 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
         state = ckpt.restore(start, state, data.train)
         state = jax.device_put(state, sharding)
     if pid == 0:
-        write_json_atomic(os.path.join(workdir, "config.json"), {
+        write_json_atomic(os.path.join(workdir, RUN_CONFIG), {
             "model": config.model, "num_classes": num_classes, "task": config.task,
             "ema": config.ema_decay > 0, "config": config.to_dict()})
     writer = metrics.MetricWriter(workdir, resume_step=start)

@@ -128,8 +128,7 @@ class EfficientViTBackbone(nn.Module):
         zl = self.zero_init_last
 
         def block(kind, features, stride, expand, fewer_norm=False):
-            # "Last gamma" zero only on identity-residual branches (stride 1): a downsampling
-            # block has no shortcut, and a zero BN there would cut the signal.
+            # "Last gamma = 0" only where a shortcut carries the signal past the branch.
             return _local_block(kind, features, stride, expand, cfg.act, fewer_norm, eps,
                                 zl and stride == 1, dt)
 

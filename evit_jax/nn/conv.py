@@ -15,12 +15,10 @@ from jax import lax
 
 from evit_jax.nn.act import get_act
 from evit_jax.nn.depthwise import depthwise_conv2d
+from evit_jax.nn.init import TRUNC_NORMAL_002, ZEROS, Init, declare_param
 from evit_jax.nn.norm import make_norm
 
 Array = jax.Array
-
-# Reference init (trainer): trunc_normal(std=0.02) for conv and linear weights, zero biases.
-default_kernel_init = nn.initializers.truncated_normal(0.02)
 
 
 class Conv2d(nn.Module):
@@ -44,27 +42,52 @@ class Conv2d(nn.Module):
         k, g, cin = self.kernel_size, self.groups, x.shape[-1]
         if cin % g or self.features % g:
             raise ValueError(f"channels {cin}->{self.features} not divisible by groups {g}")
-        kernel = self.param("kernel", default_kernel_init, (k, k, cin // g, self.features),
-                            jnp.float32).astype(self.dtype)
+        kernel = declare_param(self, "kernel", TRUNC_NORMAL_002,
+                               (k, k, cin // g, self.features)).astype(self.dtype)
         x = x.astype(self.dtype)
+        # Accumulate in float32 and return float32: under bf16 compute the caller (ConvLayer)
+        # rounds once, after norm and activation, instead of after every op.
+        f32 = jnp.float32
         if k == 1 and self.stride == 1:
             if g == 1:
-                y = jnp.einsum("bhwi,io->bhwo", x, kernel[0, 0])
+                y = jnp.einsum("bhwi,io->bhwo", x, kernel[0, 0], preferred_element_type=f32)
             else:
                 xg = x.reshape(*x.shape[:-1], g, cin // g)
                 wg = kernel[0, 0].reshape(cin // g, g, self.features // g)
-                y = jnp.einsum("bhwgi,igo->bhwgo", xg, wg).reshape(*x.shape[:-1], self.features)
+                y = jnp.einsum("bhwgi,igo->bhwgo", xg, wg, preferred_element_type=f32)
+                y = y.reshape(*x.shape[:-1], self.features)
         elif g == cin == self.features:
-            y = depthwise_conv2d(x, kernel, self.stride, k // 2)
+            y = depthwise_conv2d(x, kernel, self.stride, k // 2).astype(f32)
         else:
             p = k // 2
             y = lax.conv_general_dilated(
                 x, kernel, (self.stride, self.stride), ((p, p), (p, p)),
-                dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=g)
+                dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=g,
+                preferred_element_type=f32)
         if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, (self.features,),
-                               jnp.float32).astype(self.dtype)
+            y = y + declare_param(self, "bias", ZEROS, (self.features,))
         return y
+
+
+class Dense(nn.Module):
+    """PyTorch-style `Linear` on the last axis: `[..., C_in]` -> `[..., features]`.
+
+    Params: `kernel` `[C_in, features]`, `bias` `[features]`; float32 accumulation.
+    """
+
+    features: int
+    use_bias: bool = True
+    dtype: Any = jnp.float32
+    kernel_init: Init = TRUNC_NORMAL_002
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        kernel = declare_param(self, "kernel", self.kernel_init, (x.shape[-1], self.features))
+        y = jnp.einsum("...i,io->...o", x.astype(self.dtype), kernel.astype(self.dtype),
+                       preferred_element_type=jnp.float32)
+        if self.use_bias:
+            y = y + declare_param(self, "bias", ZEROS, (self.features,))
+        return y.astype(self.dtype)
 
 
 class ConvLayer(nn.Module):
@@ -97,7 +120,7 @@ class ConvLayer(nn.Module):
         norm = make_norm(self.norm, self.norm_eps, self.dtype, self.zero_init_norm)
         if norm is not None:
             x = norm(x, train)
-        return get_act(self.act)(x)
+        return get_act(self.act)(x).astype(self.dtype)
 
 
 class LinearLayer(nn.Module):
@@ -119,9 +142,7 @@ class LinearLayer(nn.Module):
         x = x.reshape(x.shape[0], -1)
         if self.dropout > 0:
             x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        x = nn.Dense(self.features, use_bias=self.use_bias, dtype=self.dtype,
-                     param_dtype=jnp.float32, kernel_init=default_kernel_init,
-                     name="linear")(x)
+        x = Dense(self.features, self.use_bias, self.dtype, name="linear")(x)
         norm = make_norm(self.norm, self.norm_eps, self.dtype)
         if norm is not None:
             x = norm(x, train)

@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from evit_jax.nn.init import ONES, ZEROS, declare_param, declare_stat
+
 Array = jax.Array
 
 
@@ -38,11 +40,10 @@ class BatchNorm2d(nn.Module):
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         c = x.shape[-1]
-        scale = self.param("scale", nn.initializers.zeros if self.zero_init
-                           else nn.initializers.ones, (c,), jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
-        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
-        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+        scale = declare_param(self, "scale", ZEROS if self.zero_init else ONES, (c,))
+        bias = declare_param(self, "bias", ZEROS, (c,))
+        ra_mean = declare_stat(self, "mean", ZEROS, (c,))
+        ra_var = declare_stat(self, "var", ONES, (c,))
         if train:
             axes = tuple(range(x.ndim - 1))
             xf = x.astype(jnp.float32)
@@ -58,7 +59,8 @@ class BatchNorm2d(nn.Module):
         # One multiply-add per element: y = x * a + b.
         a = scale * jax.lax.rsqrt(var + self.eps)
         b = bias - mean * a
-        return (x * a.astype(self.dtype) + b.astype(self.dtype)).astype(self.dtype)
+        # Computed in float32, returned in the input's dtype (float32 from a conv).
+        return (x.astype(jnp.float32) * a + b).astype(x.dtype)
 
 
 class LayerNorm(nn.Module):
@@ -76,13 +78,13 @@ class LayerNorm(nn.Module):
     def __call__(self, x: Array, train: bool = False) -> Array:
         del train
         c = x.shape[-1]
-        scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+        scale = declare_param(self, "scale", ONES, (c,))
+        bias = declare_param(self, "bias", ZEROS, (c,))
         xf = x.astype(jnp.float32)
         u = xf.mean(-1, keepdims=True)
         d = xf - u
         y = d * jax.lax.rsqrt(jnp.square(d).mean(-1, keepdims=True) + self.eps)
-        return (y * scale + bias).astype(self.dtype)
+        return (y * scale + bias).astype(x.dtype)
 
 
 def make_norm(kind: str | None, eps: float, dtype: Any, zero_init: bool = False,

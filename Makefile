@@ -1,0 +1,32 @@
+# Two entry points (see README): `make demo` runs the main job, `make test` the test suite.
+# Each creates the project virtualenv (.venv) on first use and installs what it needs.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# The tests write real PyTorch checkpoints, so they need torch; the CPU build is enough.
+# (Never a runtime dependency of evit_jax.)
+TORCH ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -U pip
+	$(PY) -m pip install -q -e '.[dev]' '$(TORCH)'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m train.main --config configs/demo.py --workdir runs/demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
