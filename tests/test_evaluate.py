@@ -74,20 +74,6 @@ def test_miou_is_computed_over_the_whole_split():
     assert res["miou"] == pytest.approx((1 + 4 / 6 + 0) / 3)
 
 
-def test_eval_of_a_trained_workdir_through_the_cli(tmp_path, shapes_dir):
-    """A tiny training run, then `evit-eval --weights WORKDIR` gives its eval results."""
-    from configs import demo
-    from train.trainer import train_and_evaluate
-    c = demo.get_config("tiny,runlocal")
-    c.data.data_dir = shapes_dir
-    c.input.train_sizes, c.input.eval_size = (32,), 32
-    res = train_and_evaluate(c, str(tmp_path / "wd"))
-    out = run_eval(["--weights", str(tmp_path / "wd"), "--data", "evit_shapes/tiny",
-                    "--data_dir", shapes_dir, "--examples", "16", "--num_workers", "0"])
-    assert out["model"] == "efficientvit-b0" and out["top1"] == pytest.approx(res["top1"])
-    jax.clear_caches()
-
-
 def test_segmentation_eval_on_converted_weights(shapes_dir):
     """Converted (synthetic) Cityscapes weights on the embedded masks: the Evaluator's mIoU
     equals a direct computation with the reference's full-resolution bicubic resize."""

@@ -8,7 +8,7 @@ import pytest
 
 from evit_jax import create_model
 from evit_jax.convert.keymap import convert_state_dict
-from evit_jax.zoo import init_variables
+from evit_jax.zoo import abstract_variables
 from tests.conftest import load_synth
 from train.optim import path_str
 from train.state import merge_pretrained
@@ -24,7 +24,7 @@ def converted():
 
 def _init(model):
     """A fresh variable tree of the model's shapes (random values; no compilation needed)."""
-    shapes = jax.eval_shape(lambda k: init_variables(model, k), jax.random.PRNGKey(0))
+    shapes = abstract_variables(model)
     rng = np.random.default_rng(0)
     return jax.tree.map(lambda s: rng.normal(size=s.shape).astype(s.dtype), shapes)
 

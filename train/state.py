@@ -111,21 +111,32 @@ def load_pretrained(path: str) -> dict:
     return loader(path)
 
 
+def place(tree: Any, sharding: Any) -> Any:
+    """Global arrays from host numpy values that every host holds in full."""
+    def put(a, sh):
+        a = np.asarray(a)
+        return jax.make_array_from_callback(a.shape, sh, lambda idx: a[idx])
+    return jax.tree.map(put, tree, sharding)
+
+
 def init_state(config: Any, model: Any, tx: Any, mesh: Mesh) -> tuple[TrainState, Any]:
     """(fresh state placed on the mesh, its sharding tree). With `config.init_from`, the
     parameters and BN statistics come from there (see `merge_pretrained`)."""
-    def fresh() -> TrainState:
-        key = jax.random.PRNGKey(config.seed)
-        variables = init_variables(model, jax.random.fold_in(key, 1))
-        params, bstats = variables["params"], variables.get("batch_stats", {})
+    key = jax.random.PRNGKey(config.seed)
+    # Host-side numpy init (evit_jax.zoo): every host computes the same values.
+    variables = init_variables(model, jax.random.fold_in(key, 1))
+
+    def fresh(v: dict) -> TrainState:
+        params, bstats = v["params"], v.get("batch_stats", {})
         ema = {"params": params, "batch_stats": bstats} if config.ema_decay > 0 else None
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=bstats,
                           opt_state=tx.init(params), ema=ema,
                           rng=jax.random.key_data(jax.random.fold_in(key, 2)))
 
-    abstract = jax.eval_shape(fresh)
+    abstract = jax.eval_shape(fresh, variables)
     sharding = jax.tree.map(lambda x: leaf_sharding(mesh, x), abstract)
-    state = jax.jit(fresh, out_shardings=sharding)()
+    placed = place(variables, {"params": sharding.params, "batch_stats": sharding.batch_stats})
+    state = jax.jit(fresh, out_shardings=sharding)(placed)
     if config.init_from:
         loaded = load_pretrained(config.init_from)
         fresh_vars = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
