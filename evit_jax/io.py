@@ -173,3 +173,23 @@ def load_variables(directory: str | os.PathLike) -> dict[str, Any]:
     except SafetensorError as e:
         raise ValueError(f"{weights}: corrupt ({e}); convert the checkpoint again") from None
     return unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
+
+
+# A training workdir (`python -m train.main --workdir DIR`): its latest checkpoint's inference
+# variables (the EMA weights when the run kept an EMA). The training code is imported only
+# when such a directory is loaded, so `import evit_jax` stays light.
+def _is_training_workdir(d: Path) -> bool:
+    return (d / "checkpoints").is_dir()
+
+
+def _load_training_workdir(d: Path) -> dict[str, Any]:
+    try:
+        from train.checkpoint import load_inference_variables
+    except ImportError as e:
+        raise ImportError(f"{d} is a training workdir; reading it needs the `train` package "
+                          "that ships with evit-jax (install evit-jax, or run from the "
+                          "repository root)") from e
+    return load_inference_variables(str(d))
+
+
+register_workdir_loader(_is_training_workdir, _load_training_workdir)

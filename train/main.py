@@ -1,0 +1,70 @@
+"""`python -m train.main --config configs/demo.py --workdir runs/demo` (or `evit-train`).
+
+Multi-host: every host runs the same command; pass `--coordinator_address HOST:PORT
+--num_processes N --process_id I`, or nothing on TPU pods / SLURM (auto-detected).
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Training config file (`file.py:args`).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Checkpoints, metrics and plots go here; rerun to resume.")
+flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (multi-host).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
+flags.DEFINE_integer("process_id", None, "Index of this process (multi-host).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _cluster_detected() -> bool:
+    env = os.environ
+    return (int(env.get("SLURM_NTASKS", "1")) > 1
+            or "," in env.get("TPU_WORKER_HOSTNAMES", "")
+            or "MEGASCALE_COORDINATOR_ADDRESS" in env)
+
+
+def init_distributed() -> None:
+    """`jax.distributed.initialize` from the flags, or auto-detected on TPU pods / SLURM."""
+    import jax
+    if FLAGS.coordinator_address or FLAGS.num_processes:
+        if None in (FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id):
+            raise app.UsageError("--coordinator_address, --num_processes and --process_id go "
+                                 "together")
+        # CPU collectives across processes need gloo (harmless on TPU / GPU).
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                                   FLAGS.process_id, initialization_timeout=300)
+    elif _cluster_detected():
+        jax.distributed.initialize()
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not FLAGS["verbosity"].present:  # orbax / grain log every step of a save at INFO
+        logging.set_verbosity(logging.WARNING)
+    init_distributed()
+    from train.trainer import train_and_evaluate
+    res = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    import jax
+    if jax.process_index() == 0:
+        metric = ", ".join(f"{k} {100 * res[k]:.2f}%" for k in ("top1", "top5", "miou")
+                           if k in res)
+        print(f"\nDone: step {res['step']} | {metric} | {res['img_per_s']:.1f} img/s "
+              f"(training, median)\n  checkpoint: {res['checkpoint']}\n  plot:       "
+              f"{res['plot']}\n  metrics:    {os.path.join(FLAGS.workdir, 'metrics.jsonl')}, "
+              f"eval_results.json, tb/", flush=True)
+
+
+def run() -> None:
+    """Console-script entry point (`evit-train`)."""
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
