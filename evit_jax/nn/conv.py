@@ -14,8 +14,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from evit_jax.nn.act import get_act
-from evit_jax.nn.depthwise import depthwise_conv2d
-from evit_jax.nn.norm import make_norm
+from evit_jax.nn.depthwise import default_impl, depthwise_conv2d
+from evit_jax.nn.norm import bn_affine, make_norm
 
 Array = jax.Array
 
@@ -30,6 +30,9 @@ class Conv2d(nn.Module):
     Dispatches to the cheapest exact formulation: a matmul for 1x1 (grouped ones included:
     XLA:CPU's grouped convolutions are slow), `depthwise_conv2d` when groups == C_in ==
     C_out, and `lax.conv_general_dilated` otherwise.
+
+    A `bias` in the variables is used even when `use_bias` is False: that is how
+    BatchNorm-folded variables (`evit_jax.fuse_bn`) carry the folded shift.
     """
 
     features: int
@@ -40,13 +43,28 @@ class Conv2d(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, scale: Array | None = None, shift: Array | None = None,
+                 act: str | None = None) -> Array:
+        """`[B, H, W, C_in]` -> `act((conv(x) + bias) * scale + shift)` (each part optional).
+
+        `scale`/`shift` `[C_out]` are an inference BatchNorm folded into the kernel on the
+        fly; with them and `act`, a depthwise conv runs as one fused kernel where it can.
+        """
         k, g, cin = self.kernel_size, self.groups, x.shape[-1]
         if cin % g or self.features % g:
             raise ValueError(f"channels {cin}->{self.features} not divisible by groups {g}")
         kernel = self.param("kernel", default_kernel_init, (k, k, cin // g, self.features),
-                            jnp.float32).astype(self.dtype)
+                            jnp.float32)
+        bias = None
+        if self.use_bias or self.has_variable("params", "bias"):
+            bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        if scale is not None:  # fold: (conv(x, K) + c) * a + b == conv(x, K * a) + (c * a + b)
+            kernel = kernel * scale
+            bias = shift if bias is None else bias * scale + shift
+        kernel = kernel.astype(self.dtype)
         x = x.astype(self.dtype)
+        if g == cin == self.features and not (k == 1 and self.stride == 1):
+            return depthwise_conv2d(x, kernel, self.stride, k // 2, bias=bias, act=act)
         if k == 1 and self.stride == 1:
             if g == 1:
                 y = jnp.einsum("bhwi,io->bhwo", x, kernel[0, 0])
@@ -54,17 +72,14 @@ class Conv2d(nn.Module):
                 xg = x.reshape(*x.shape[:-1], g, cin // g)
                 wg = kernel[0, 0].reshape(cin // g, g, self.features // g)
                 y = jnp.einsum("bhwgi,igo->bhwgo", xg, wg).reshape(*x.shape[:-1], self.features)
-        elif g == cin == self.features:
-            y = depthwise_conv2d(x, kernel, self.stride, k // 2)
         else:
             p = k // 2
             y = lax.conv_general_dilated(
                 x, kernel, (self.stride, self.stride), ((p, p), (p, p)),
                 dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=g)
-        if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, (self.features,),
-                               jnp.float32).astype(self.dtype)
-        return y
+        if bias is not None:
+            y = y + bias.astype(self.dtype)
+        return get_act(act)(y)
 
 
 class ConvLayer(nn.Module):
@@ -92,12 +107,31 @@ class ConvLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
-        x = Conv2d(self.features, self.kernel_size, self.stride, self.groups, self.use_bias,
-                   self.dtype, name="conv")(x)
-        norm = make_norm(self.norm, self.norm_eps, self.dtype, self.zero_init_norm)
-        if norm is not None:
-            x = norm(x, train)
+        conv = Conv2d(self.features, self.kernel_size, self.stride, self.groups, self.use_bias,
+                      self.dtype, name="conv")
+        if self.norm == "bn2d" and not self.is_initializing():
+            if "norm" not in self.variables.get("params", {}):  # fuse_bn folded it into conv
+                if train:
+                    raise ValueError("these variables have BatchNorm folded into the convs "
+                                     "(evit_jax.fuse_bn): inference only; train with the "
+                                     "unfolded variables")
+                return conv(x, act=self.act)
+            if not train and self._fuses_epilogue(x.shape[-1]):
+                # Inference depthwise conv: fold BN on the fly so that conv, BN and the
+                # activation run as one pass of the native kernel.
+                p = self.variables["params"]["norm"]
+                s = self.variables["batch_stats"]["norm"]
+                a, b = bn_affine(p["scale"], p["bias"], s["mean"], s["var"], self.norm_eps)
+                return conv(x, scale=a, shift=b, act=self.act)
+        if self.norm is None:
+            return conv(x, act=self.act)
+        x = conv(x)
+        x = make_norm(self.norm, self.norm_eps, self.dtype, self.zero_init_norm)(x, train)
         return get_act(self.act)(x)
+
+    def _fuses_epilogue(self, cin: int) -> bool:
+        return (self.groups == cin == self.features and self.kernel_size > 1
+                and default_impl() == "native")
 
 
 class LinearLayer(nn.Module):

@@ -3,21 +3,33 @@
 Every MBConv, DSConv and the multi-scale aggregation of LiteMLA run a depthwise conv, and
 XLA:CPU's grouped convolution (`feature_group_count=C`) is ~20x slower than PyTorch's for it.
 All callers go through `depthwise_conv2d`, so a faster formulation reaches inference and
-training alike. Implementations are selected by name (`set_depthwise_impl`, or the
-`EVIT_DEPTHWISE` environment variable); each must match `lax` forward and gradient.
+training alike. Implementations, selected by name (`set_depthwise_impl`, or the
+`EVIT_DEPTHWISE` environment variable), all match `lax` forward and gradient:
+
+- `lax`: XLA's grouped convolution (the default off CPU).
+- `shift_add`: k*k shifted, per-channel-scaled slices summed; pure JAX, fuses well.
+- `native`: the C++ kernels of `evit_jax.native` (XLA:CPU custom calls, float32 math, with
+  their own backward pass); the CPU default when the library is built.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
+
+from evit_jax import native
+from evit_jax.nn.act import get_act
 
 Array = jax.Array
 DepthwiseFn = Callable[[Array, Array, int, int], Array]
+# Activations the native forward applies in its epilogue (the kernel's `act` codes).
+NATIVE_ACTS = {None: 0, "relu": 1, "relu6": 2, "hswish": 3}
 
 
 def depthwise_lax(x: Array, kernel: Array, stride: int, padding: int) -> Array:
@@ -47,7 +59,67 @@ def depthwise_shift_add(x: Array, kernel: Array, stride: int, padding: int) -> A
     return out
 
 
-IMPLS: dict[str, DepthwiseFn] = {"lax": depthwise_lax, "shift_add": depthwise_shift_add}
+# ----------------------------------------------------------------------------- native (FFI)
+def _out_size(n: int, k: int, stride: int, padding: int) -> int:
+    return (n + 2 * padding - k) // stride + 1
+
+
+def _ffi_fwd(x: Array, kernel: Array, bias: Array, stride: int, padding: int,
+             act: str | None) -> Array:
+    b, h, w, c = x.shape
+    k = kernel.shape[0]
+    out = jax.ShapeDtypeStruct((b, _out_size(h, k, stride, padding),
+                                _out_size(w, k, stride, padding), c), jnp.float32)
+    return jax.ffi.ffi_call("evit_dw_fwd", out, vmap_method="sequential")(
+        x, kernel.reshape(k, k, c), bias, stride=np.int64(stride), pad=np.int64(padding),
+        act=np.int64(NATIVE_ACTS[act]))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _native(x: Array, kernel: Array, bias: Array, stride: int, padding: int,
+            act: str | None) -> Array:
+    return _ffi_fwd(x, kernel, bias, stride, padding, act)
+
+
+def _native_fwd(x, kernel, bias, stride, padding, act):
+    return _ffi_fwd(x, kernel, bias, stride, padding, act), (x, kernel, bias)
+
+
+def _native_bwd(stride, padding, act, res, g):
+    x, kernel, bias = res
+    if act is not None:  # recompute the pre-activation rather than keep it alive
+        z = _ffi_fwd(x, kernel, bias, stride, padding, None)
+        g = jax.vjp(get_act(act), z)[1](g)[0]
+    k, c = kernel.shape[0], x.shape[-1]
+    dx = jax.ffi.ffi_call("evit_dw_bwd_input", jax.ShapeDtypeStruct(x.shape, jnp.float32),
+                          vmap_method="sequential")(
+        g, kernel.reshape(k, k, c), stride=np.int64(stride), pad=np.int64(padding))
+    dk = jax.ffi.ffi_call("evit_dw_bwd_kernel", jax.ShapeDtypeStruct((k, k, 1, c), jnp.float32),
+                          vmap_method="sequential")(
+        x, g, stride=np.int64(stride), pad=np.int64(padding))
+    return dx, dk, g.sum((0, 1, 2))
+
+
+_native.defvjp(_native_fwd, _native_bwd)
+
+
+def depthwise_native(x: Array, kernel: Array, stride: int, padding: int,
+                     bias: Array | None = None, act: str | None = None) -> Array:
+    """The C++ kernel, computed in float32 (x's dtype in and out); optional fused epilogue
+    `act(conv + bias)` for the activations in `NATIVE_ACTS`."""
+    if not native.available():
+        raise RuntimeError(f"native depthwise kernel unavailable: {native.why_unavailable()}")
+    if kernel.shape[0] > 32:
+        raise ValueError(f"native depthwise supports kernels up to 32, got {kernel.shape[0]}")
+    dtype = x.dtype
+    c = x.shape[-1]
+    b = jnp.zeros((c,), jnp.float32) if bias is None else bias.astype(jnp.float32)
+    y = _native(x.astype(jnp.float32), kernel.astype(jnp.float32), b, stride, padding, act)
+    return y.astype(dtype)
+
+
+IMPLS: dict[str, DepthwiseFn] = {"lax": depthwise_lax, "shift_add": depthwise_shift_add,
+                                 "native": depthwise_native}
 _impl: str | None = os.environ.get("EVIT_DEPTHWISE") or None
 
 
@@ -60,14 +132,20 @@ def set_depthwise_impl(name: str | None) -> None:
 
 
 def default_impl() -> str:
+    """`set_depthwise_impl`'s choice, else `native` (CPU, library built), `shift_add` (CPU),
+    `lax` (GPU/TPU, whose convolution libraries handle depthwise well)."""
     if _impl is not None:
         return _impl
-    return "shift_add" if jax.default_backend() == "cpu" else "lax"
+    if jax.default_backend() != "cpu":
+        return "lax"
+    return "native" if native.available() else "shift_add"
 
 
 def depthwise_conv2d(x: Array, kernel: Array, stride: int = 1, padding: int | None = None,
-                     impl: str | None = None) -> Array:
-    """Depthwise conv with symmetric zero padding, as PyTorch's `Conv2d(groups=C)`.
+                     impl: str | None = None, bias: Array | None = None,
+                     act: str | None = None) -> Array:
+    """Depthwise conv with symmetric zero padding, as PyTorch's `Conv2d(groups=C)`, then
+    optionally `act(y + bias)` (fused into the kernel where the implementation can).
 
     Args:
       x: `[B, H, W, C]`.
@@ -75,11 +153,21 @@ def depthwise_conv2d(x: Array, kernel: Array, stride: int = 1, padding: int | No
       stride: spatial stride.
       padding: pixels of zero padding on every side (default `k // 2`).
       impl: implementation name (default: `set_depthwise_impl` / per backend).
+      bias: `[C]` added after the convolution.
+      act: activation name (`evit_jax.nn.act`) applied last.
     Returns:
       `[B, H', W', C]`.
     """
-    if kernel.shape[2] != 1 or kernel.shape[3] != x.shape[-1]:
+    if kernel.ndim != 4 or kernel.shape[2] != 1 or kernel.shape[3] != x.shape[-1]:
         raise ValueError(f"depthwise kernel {kernel.shape} does not fit input {x.shape}")
     if padding is None:
         padding = kernel.shape[0] // 2
-    return IMPLS[impl or default_impl()](x, kernel, stride, padding)
+    impl = impl or default_impl()
+    if impl == "native":  # bias and the activations it knows run in the kernel's epilogue
+        fused = act if act in NATIVE_ACTS else None
+        y = depthwise_native(x, kernel, stride, padding, bias, fused)
+        return y if fused == act else get_act(act)(y)
+    y = IMPLS[impl](x, kernel, stride, padding)
+    if bias is not None:
+        y = y + bias.astype(y.dtype)
+    return get_act(act)(y)

@@ -16,6 +16,13 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
+def bn_affine(scale: Array, bias: Array, mean: Array, var: Array,
+              eps: float) -> tuple[Array, Array]:
+    """Inference BatchNorm as one multiply-add `y = x * a + b`; returns `(a, b)`, `[C]` each."""
+    a = scale * jax.lax.rsqrt(var + eps)
+    return a, bias - mean * a
+
+
 class BatchNorm2d(nn.Module):
     """BatchNorm over the channel (last) axis, PyTorch semantics.
 
@@ -56,8 +63,7 @@ class BatchNorm2d(nn.Module):
         else:
             mean, var = ra_mean.value, ra_var.value
         # One multiply-add per element: y = x * a + b.
-        a = scale * jax.lax.rsqrt(var + self.eps)
-        b = bias - mean * a
+        a, b = bn_affine(scale, bias, mean, var, self.eps)
         return (x * a.astype(self.dtype) + b.astype(self.dtype)).astype(self.dtype)
 
 
