@@ -1,6 +1,10 @@
 """evit-jax: EfficientViT (multi-scale linear attention) in JAX/Flax."""
 
-from evit_jax.zoo import create_model, list_models, model_info
-
 __version__ = "0.1.0"
-__all__ = ["create_model", "list_models", "model_info"]
+
+from evit_jax.convert.keymap import convert_state_dict  # noqa: E402
+from evit_jax.io import load_variables, save_variables  # noqa: E402
+from evit_jax.zoo import create_model, list_models, model_info  # noqa: E402
+
+__all__ = ["convert_state_dict", "create_model", "list_models", "load_variables",
+           "model_info", "save_variables"]

@@ -150,7 +150,9 @@ class ResidualBlock(nn.Module):
             mask = jax.random.bernoulli(self.make_rng("dropout"), keep,
                                         (x.shape[0],) + (1,) * (x.ndim - 1))
             y = jnp.where(mask, y / keep, 0).astype(y.dtype)
-        return y + x
+        # The residual stream stays float32 under bf16 compute: adding a small branch to a
+        # large stream is where bf16 rounding hurts most (the convs cast their input anyway).
+        return y.astype(jnp.float32) + x.astype(jnp.float32)
 
 
 class OpSequential(nn.Module):

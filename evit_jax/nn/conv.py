@@ -63,22 +63,28 @@ class Conv2d(nn.Module):
             bias = shift if bias is None else bias * scale + shift
         kernel = kernel.astype(self.dtype)
         x = x.astype(self.dtype)
+        # Accumulate in float32 and return float32: under bf16 compute the caller (ConvLayer)
+        # rounds once, after norm and activation, instead of after every op.
+        f32 = jnp.float32
         if g == cin == self.features and not (k == 1 and self.stride == 1):
-            return depthwise_conv2d(x, kernel, self.stride, k // 2, bias=bias, act=act)
+            y = depthwise_conv2d(x, kernel, self.stride, k // 2, bias=bias, act=act)
+            return y.astype(f32)
         if k == 1 and self.stride == 1:
             if g == 1:
-                y = jnp.einsum("bhwi,io->bhwo", x, kernel[0, 0])
+                y = jnp.einsum("bhwi,io->bhwo", x, kernel[0, 0], preferred_element_type=f32)
             else:
                 xg = x.reshape(*x.shape[:-1], g, cin // g)
                 wg = kernel[0, 0].reshape(cin // g, g, self.features // g)
-                y = jnp.einsum("bhwgi,igo->bhwgo", xg, wg).reshape(*x.shape[:-1], self.features)
+                y = jnp.einsum("bhwgi,igo->bhwgo", xg, wg, preferred_element_type=f32)
+                y = y.reshape(*x.shape[:-1], self.features)
         else:
             p = k // 2
             y = lax.conv_general_dilated(
                 x, kernel, (self.stride, self.stride), ((p, p), (p, p)),
-                dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=g)
+                dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=g,
+                preferred_element_type=f32)
         if bias is not None:
-            y = y + bias.astype(self.dtype)
+            y = y + bias
         return get_act(act)(y)
 
 
@@ -115,19 +121,19 @@ class ConvLayer(nn.Module):
                     raise ValueError("these variables have BatchNorm folded into the convs "
                                      "(evit_jax.fuse_bn): inference only; train with the "
                                      "unfolded variables")
-                return conv(x, act=self.act)
+                return conv(x, act=self.act).astype(self.dtype)
             if not train and self._fuses_epilogue(x.shape[-1]):
                 # Inference depthwise conv: fold BN on the fly so that conv, BN and the
                 # activation run as one pass of the native kernel.
                 p = self.variables["params"]["norm"]
                 s = self.variables["batch_stats"]["norm"]
                 a, b = bn_affine(p["scale"], p["bias"], s["mean"], s["var"], self.norm_eps)
-                return conv(x, scale=a, shift=b, act=self.act)
+                return conv(x, scale=a, shift=b, act=self.act).astype(self.dtype)
         if self.norm is None:
-            return conv(x, act=self.act)
+            return conv(x, act=self.act).astype(self.dtype)
         x = conv(x)
         x = make_norm(self.norm, self.norm_eps, self.dtype, self.zero_init_norm)(x, train)
-        return get_act(self.act)(x)
+        return get_act(self.act)(x).astype(self.dtype)
 
     def _fuses_epilogue(self, cin: int) -> bool:
         return (self.groups == cin == self.features and self.kernel_size > 1

@@ -64,7 +64,8 @@ class BatchNorm2d(nn.Module):
             mean, var = ra_mean.value, ra_var.value
         # One multiply-add per element: y = x * a + b.
         a, b = bn_affine(scale, bias, mean, var, self.eps)
-        return (x * a.astype(self.dtype) + b.astype(self.dtype)).astype(self.dtype)
+        # Computed in float32, returned in the input's dtype (float32 from a conv).
+        return (x.astype(jnp.float32) * a + b).astype(x.dtype)
 
 
 class LayerNorm(nn.Module):
@@ -88,7 +89,7 @@ class LayerNorm(nn.Module):
         u = xf.mean(-1, keepdims=True)
         d = xf - u
         y = d * jax.lax.rsqrt(jnp.square(d).mean(-1, keepdims=True) + self.eps)
-        return (y * scale + bias).astype(self.dtype)
+        return (y * scale + bias).astype(x.dtype)
 
 
 def make_norm(kind: str | None, eps: float, dtype: Any, zero_init: bool = False,
