@@ -2,7 +2,7 @@
 
 `pip install .` / `pip install -e .` compiles `evit_jax/csrc/*.cc` into
 `evit_jax/_native*.so` when a C++17 compiler is present (`make native` or
-`python -m evit_jax.native build` does it later, in place). Without the library every op
+`python -m evit_jax.build_native` does it later, in place). Without the library every op
 falls back to its pure-JAX formulation, so nothing but speed depends on it.
 
 `available()` says whether the kernels are loaded; `why_unavailable()` says why not.
@@ -16,7 +16,6 @@ import importlib.machinery
 import importlib.util
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -58,7 +57,7 @@ def _load() -> bool:
     path = library_path()
     if path is None:
         _state["error"] = ("evit_jax/_native*.so is not built (no compiler at install time?); "
-                           "run `python -m evit_jax.native build` or `make native`")
+                           "run `python -m evit_jax.build_native` or `make native`")
         return False
     try:
         lib = ctypes.CDLL(str(path))
@@ -66,7 +65,7 @@ def _load() -> bool:
             jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)),
                                         platform="cpu")
     except (OSError, AttributeError) as e:  # stale or foreign build
-        _state["error"] = f"cannot load {path}: {e}; rebuild with `python -m evit_jax.native build`"
+        _state["error"] = f"cannot load {path}: {e}; rebuild with `python -m evit_jax.build_native`"
         return False
     _state["loaded"] = True
     return True
@@ -95,19 +94,3 @@ def build(out: str | os.PathLike | None = None, cxx: str | None = None) -> Path:
     subprocess.run(cmd, check=True)
     os.replace(str(target) + ".tmp", target)  # atomic: a half-written library never loads
     return target
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["build"]:
-        print(build())
-        return 0
-    if argv[:1] in ([], ["status"]):
-        print("native kernels:", "loaded" if available() else f"unavailable ({why_unavailable()})")
-        return 0
-    print("usage: python -m evit_jax.native [status|build]", file=sys.stderr)
-    return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -14,9 +14,10 @@ training alike. Implementations, selected by name (`set_depthwise_impl`, or the
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -129,6 +130,18 @@ def set_depthwise_impl(name: str | None) -> None:
     if name is not None and name not in IMPLS:
         raise ValueError(f"unknown depthwise implementation {name!r}; known: {sorted(IMPLS)}")
     _impl = name
+
+
+@contextlib.contextmanager
+def depthwise_impl(name: str | None) -> Iterator[None]:
+    """`with depthwise_impl("lax"): ...` traces the block with that implementation."""
+    global _impl
+    old = _impl
+    set_depthwise_impl(name)
+    try:
+        yield
+    finally:
+        _impl = old
 
 
 def default_impl() -> str:
