@@ -57,14 +57,17 @@ def default_resolution(name: str) -> tuple[int, int]:
     return tuple(model_info(name).resolution)
 
 
-def random_variables(model: Any, seed: int = 0) -> Any:
+def random_variables(model: Any, seed: int = 0, inputs: tuple | None = None) -> Any:
     """Variables of `model` filled with numpy random values of sane scale: speed does not
     depend on the values, and this skips compiling the model's `init` (a minute for some).
 
     Kernels ~ N(0, 1/fan_in), norm scales and variances ~ U(0.5, 1.5), biases and means
-    small, so activations stay O(1) (no overflow, no denormals).
+    small, so activations stay O(1) (no overflow, no denormals). `inputs`: example inputs
+    for `model.init` when it is not a zoo model.
     """
-    shapes = jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(seed)))
+    rng0 = jax.random.PRNGKey(seed)
+    shapes = jax.eval_shape(lambda: init_variables(model, rng0) if inputs is None
+                            else dict(model.init(rng0, *inputs)))
     rng = np.random.default_rng(seed)
 
     def fill(path: tuple, leaf: Any) -> np.ndarray:
@@ -122,8 +125,10 @@ def make_program(name: str, batch: int = 1, resolution: tuple[int, int] | int | 
         variables = random_variables(model, seed)
     if fuse:
         variables = fuse_bn(variables, name)
-    # On the device once: numpy leaves would be copied to it again on every call.
-    variables = jax.tree.map(jnp.asarray, variables)
+    # On the device once: numpy leaves would be copied to it again on every call. (Shape
+    # placeholders stay as they are: count_macs traces with them.)
+    variables = jax.tree.map(
+        lambda t: t if isinstance(t, jax.ShapeDtypeStruct) else jnp.asarray(t), variables)
     rng = np.random.default_rng(seed)
     images = jnp.asarray(rng.normal(size=(batch, *resolution, 3)).astype(np.float32))
     if spec.task != "sam":

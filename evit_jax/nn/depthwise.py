@@ -10,6 +10,7 @@ training alike. Implementations, selected by name (`set_depthwise_impl`, or the
 - `shift_add`: k*k shifted, per-channel-scaled slices summed; pure JAX, fuses well.
 - `native`: the C++ kernels of `evit_jax.native` (XLA:CPU custom calls, float32 math, with
   their own backward pass); the CPU default when the library is built.
+- `portable`: `shift_add` on CPU and `lax` elsewhere, picked at lowering time (`jax.export`).
 """
 
 from __future__ import annotations
@@ -58,6 +59,14 @@ def depthwise_shift_add(x: Array, kernel: Array, stride: int, padding: int) -> A
             term = tap * kernel[i, j, 0]
             out = term if out is None else out + term
     return out
+
+
+def depthwise_portable(x: Array, kernel: Array, stride: int, padding: int) -> Array:
+    """`shift_add` on CPU, `lax` elsewhere, chosen when the program is lowered: for
+    `jax.export` artifacts, which may not contain the native custom calls."""
+    return lax.platform_dependent(
+        x, kernel, cpu=lambda x, k: depthwise_shift_add(x, k, stride, padding),
+        default=lambda x, k: depthwise_lax(x, k, stride, padding))
 
 
 # ----------------------------------------------------------------------------- native (FFI)
@@ -120,7 +129,7 @@ def depthwise_native(x: Array, kernel: Array, stride: int, padding: int,
 
 
 IMPLS: dict[str, DepthwiseFn] = {"lax": depthwise_lax, "shift_add": depthwise_shift_add,
-                                 "native": depthwise_native}
+                                 "native": depthwise_native, "portable": depthwise_portable}
 _impl: str | None = os.environ.get("EVIT_DEPTHWISE") or None
 
 
