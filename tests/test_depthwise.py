@@ -73,6 +73,29 @@ def test_fused_bias_activation(impl, act):
         assert _rel(got, want) < 1e-5
 
 
+@pytest.mark.parametrize("impl", IMPL_PARAMS)
+@pytest.mark.parametrize("in_act,stride", [("hswish", 1), ("gelu", 2), (None, 1), ("silu", 2)])
+def test_prologue(impl, in_act, stride):
+    # act(conv(in_act(x * a + s)) + bias): the BatchNorm + activation of the layer before,
+    # applied on read (silu is not a native activation: it runs in JAX first).
+    x, w = _data((2, 10, 9, 48), 3, seed=6)
+    rng = np.random.default_rng(7)
+    a, s, bias = (jnp.asarray(rng.normal(size=(48,)).astype(np.float32)) for _ in range(3))
+
+    def ref_fn(x, w, b, a, s):
+        u = get_act(in_act)(x * a + s)
+        return get_act("relu6")(IMPLS["lax"](u, w, stride, 1) + b)
+
+    fn = jax.jit(lambda x, w, b, a, s: depthwise_conv2d(
+        x, w, stride, impl=impl, bias=b, act="relu6", prologue=(a, s, in_act)))
+    y_ref, vjp_ref = jax.vjp(ref_fn, x, w, bias, a, s)
+    y, vjp = jax.vjp(fn, x, w, bias, a, s)
+    assert _rel(y, y_ref) < 1e-6
+    g = jnp.asarray(rng.normal(size=y.shape).astype(np.float32))
+    for got, want in zip(vjp(g), vjp_ref(g)):
+        assert _rel(got, want) < 1e-5
+
+
 @NEEDS_NATIVE
 def test_native_takes_bfloat16_and_returns_its_dtype():
     x, w = _data((1, 8, 8, 32), 5, seed=5)

@@ -74,13 +74,18 @@ def parse_case(text: str) -> Case:
     return Case(name, part, b, h, w)
 
 
-def summarise(times: dict[str, list[list[float]]], baseline: str) -> dict:
+def summarise(times: dict[str, list[list[float]]], baseline: str,
+              cpu: dict[str, list[list[float]]] | None = None) -> dict:
     """Per-side median/p90 over all calls, and each side's speedup over `baseline`
     (baseline median / side median) with its range over the rounds.
 
-    `times[side][round]` holds the latencies (ms) of that side's calls in that round.
+    `times[side][round]` holds the latencies (ms) of that side's calls in that round;
+    `cpu`, laid out alike, their process CPU times (summarised as `cpu_ms` and `cpu_speedup`:
+    with one thread, a measure that the machine's other load barely moves).
     """
     out: dict = {"sides": {}}
+    if cpu:
+        base_cpu = float(np.median(sum(cpu[baseline], [])))
     base_round = [float(np.median(r)) for r in times[baseline]]
     base_all = float(np.median(sum(times[baseline], [])))
     for side, rounds in times.items():
@@ -91,6 +96,9 @@ def summarise(times: dict[str, list[list[float]]], baseline: str) -> dict:
             "median_ms": med, "p90_ms": float(np.percentile(flat, 90)), "calls": len(flat),
             "speedup": base_all / med, "speedup_min": min(per_round),
             "speedup_max": max(per_round)}
+        if cpu:
+            c = float(np.median(sum(cpu[side], [])))
+            out["sides"][side].update(cpu_ms=c, cpu_speedup=base_cpu / c)
     return out
 
 
@@ -145,41 +153,51 @@ def reference_worker(ref: Path, threads: int) -> Worker:
 
 
 def jax_worker(label: str, threads: int, extra_env: dict[str, str]) -> Worker:
+    # This checkout first, unless the side names another one (`PYTHONPATH=/other/checkout`:
+    # e.g. the commit before a change, to measure the change).
     root = str(HERE.parent.parent)
     env = dict(os.environ, **extra_env)
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (extra_env.get("PYTHONPATH"), root, os.environ.get("PYTHONPATH")) if p)
     return Worker(label, [sys.executable, "-m", "evit_jax.bench.worker", str(threads)], env)
 
 
 def run_case(case: Case, workers: list[Worker], rounds: int, calls: int, warmup: int,
-             progress=None) -> dict[str, list[list[float]]]:
+             progress=None) -> tuple[dict, dict]:
     """Set the case up on every worker, then `rounds` rounds of `calls` timed calls each,
-    rotating which side starts."""
+    rotating which side starts. Returns (wall times, CPU times): `[side][round][call]` ms."""
     req = dict(model=case.model, part=case.part, batch=case.batch, height=case.height,
                width=case.width, warmup=warmup)
     for w in workers:  # one at a time: compiling is heavy
         w.request(cmd="setup", **req)
     times: dict[str, list[list[float]]] = {w.label: [] for w in workers}
+    cpu: dict[str, list[list[float]]] = {w.label: [] for w in workers}
     for r in range(rounds):
         k = r % len(workers)
         for w in workers[k:] + workers[:k]:
-            times[w.label].append(w.request(cmd="time", n=calls)["times_ms"])
+            reply = w.request(cmd="time", n=calls)
+            times[w.label].append(reply["times_ms"])
+            cpu[w.label].append(reply["cpu_ms"])
         if progress is not None:
             progress.update(1)
-    return times
+    return times, cpu
 
 
 def format_rows(rows: list[dict], baseline: str, markdown: bool = False) -> str:
     sides = [s for s in rows[0]["sides"] if s != baseline] if rows else []
     head = ["case", *(f"{s} ms" for s in sides), f"{baseline} ms",
-            *(f"{s} speedup (range)" for s in sides)]
+            *(f"{s} speedup (range)" for s in sides), *(f"{s} CPU-time speedup" for s in sides),
+            "load"]
     body = []
     for row in rows:
         st = row["sides"]
         body.append([row["case"], *(f"{st[s]['median_ms']:.1f}" for s in sides),
                      f"{st[baseline]['median_ms']:.1f}",
                      *(f"{st[s]['speedup']:.2f}x ({st[s]['speedup_min']:.2f}-"
-                       f"{st[s]['speedup_max']:.2f})" for s in sides)])
+                       f"{st[s]['speedup_max']:.2f})" for s in sides),
+                     *(f"{st[s]['cpu_speedup']:.2f}x" if "cpu_speedup" in st[s] else "-"
+                       for s in sides),
+                     "-" if "load_avg" not in row else f"{max(row['load_avg']):.1f}"])
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         return "\n".join(lines + ["| " + " | ".join(b) + " |" for b in body])
@@ -237,9 +255,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for case in cases:
             bar.set_postfix_str(case.label)
-            times = run_case(case, workers, args.rounds, args.calls, args.warmup, bar)
+            load0 = os.getloadavg()[0]
+            times, cpu = run_case(case, workers, args.rounds, args.calls, args.warmup, bar)
             rows.append({"case": case.label, **dataclasses.asdict(case), "times_ms": times,
-                         "threads": args.threads, **summarise(times, baseline)})
+                         "cpu_ms": cpu, "threads": args.threads,
+                         "load_avg": [load0, os.getloadavg()[0]],
+                         **summarise(times, baseline, cpu)})
     finally:
         bar.close()
         for w in workers:

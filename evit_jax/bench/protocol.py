@@ -4,7 +4,8 @@ The driver writes one JSON object per line to a worker's stdin; the worker answe
 with one line `@@evit <json>` on stdout (other output of the libraries it loads is
 ignored). Requests: `{"cmd": "setup", "model", "part", "batch", "height", "width",
 "warmup"}` -> `{"ok": true, "setup_s": ...}`; `{"cmd": "time", "n": N}` ->
-`{"ok": true, "times_ms": [...]}`; `{"cmd": "quit"}`. Failures answer
+`{"ok": true, "times_ms": [...], "cpu_ms": [...]}` (wall-clock and process CPU time per
+call); `{"cmd": "quit"}`. Failures answer
 `{"ok": false, "error": "..."}`. This file is imported by both workers, so it uses only
 the standard library.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import sys
 import time
 import traceback
@@ -27,6 +29,11 @@ def pin(threads: int) -> None:
     if threads > len(cpus):
         raise ValueError(f"{threads} threads asked, {len(cpus)} CPUs available")
     os.sched_setaffinity(0, cpus[:threads])
+
+
+def _cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def serve(setup: Callable[[dict], Callable[[], None]]) -> None:
@@ -51,12 +58,13 @@ def serve(setup: Callable[[dict], Callable[[], None]]) -> None:
             elif req["cmd"] == "time":
                 if run is None:
                     raise RuntimeError("time before setup")
-                times = []
+                times, cpu = [], []
                 for _ in range(int(req["n"])):
-                    t0 = time.perf_counter()
+                    c0, t0 = _cpu_seconds(), time.perf_counter()
                     run()
                     times.append(1e3 * (time.perf_counter() - t0))
-                reply = {"ok": True, "times_ms": times}
+                    cpu.append(1e3 * (_cpu_seconds() - c0))
+                reply = {"ok": True, "times_ms": times, "cpu_ms": cpu}
             else:
                 raise ValueError(f"unknown command {req['cmd']!r}")
         except Exception as e:  # reported to the driver, which stops with the message

@@ -3,82 +3,33 @@
 // XLA:CPU lowers `feature_group_count == C` convolutions to a slow generic loop (about 20x
 // slower than PyTorch here). These kernels keep the channel axis innermost, so every tap is
 // a contiguous run of C floats multiplied by a contiguous run of C weights: 8-wide vector
-// FMAs with no shuffles. Work is split into row ranges that run on XLA's own intra-op
-// thread pool, and the handlers return a future, so no XLA thread ever blocks on another.
+// FMAs with no shuffles. Work is split into row ranges on XLA's intra-op thread pool.
 //
-// Three handlers, all with symmetric zero padding `pad` and stride `stride`:
-//   evit_dw_fwd        x [B,H,W,C], w [k,k,C], bias [C]  -> y  [B,Ho,Wo,C]
-//   evit_dw_bwd_input  dy [B,Ho,Wo,C], w [k,k,C]          -> dx [B,H,W,C]   (H, W attrs)
-//   evit_dw_bwd_kernel x [B,H,W,C], dy [B,Ho,Wo,C]        -> dw [k,k,C]
-// The forward also adds a per-channel bias [C] and applies an activation (0 none, 1 relu,
-// 2 relu6, 3 hswish): the epilogue of a BatchNorm-folded ConvLayer, fused into one pass.
+// Handlers (symmetric zero padding `pad`, stride `stride`):
+//   evit_dw_fwd        x [B,H,W,C], w [k,k,C], bias [C], in_scale [C], in_shift [C]
+//                      -> y [B,Ho,Wo,C] = act(conv(pro(x), w) + bias)
+//                      with pro(x) = in_act(x * in_scale + in_shift) when in_act >= 0
+//                      (the BatchNorm + activation of the 1x1 conv before, applied while
+//                      reading: that tensor is never written out) and pro(x) = x otherwise.
+//   evit_dw_bwd_input  dy [B,Ho,Wo,C], w [k,k,C] -> dx [B,H,W,C]
+//   evit_dw_bwd_kernel x [B,H,W,C], dy [B,Ho,Wo,C] -> dw [k,k,C]
+// Activation codes: see `Act` in common.h.
 
-#include <algorithm>
-#include <atomic>
-#include <cstdint>
-#include <cstring>
-#include <memory>
 #include <vector>
 
-#include "xla/ffi/api/ffi.h"
+#include "common.h"
 
-namespace ffi = xla::ffi;
-
+namespace evit {
 namespace {
-
-// One binary runs everywhere; on x86-64 the hot loops also get an AVX2+FMA clone that is
-// picked at load time.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define EVIT_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define EVIT_CLONES
-#endif
-
-typedef float v8 __attribute__((vector_size(32)));
-
-inline v8 ld(const float* p) {
-  v8 v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-inline void st(float* p, v8 v) { std::memcpy(p, &v, sizeof(v)); }
-inline v8 splat(float f) { return v8{f, f, f, f, f, f, f, f}; }
 
 struct Geometry {
   int64_t B, H, W, C, Ho, Wo, k, s, p;
 };
 
-inline int64_t FloorDiv(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
-
-inline v8 Act(v8 v, int64_t act) {
-  const v8 zero = splat(0.f), six = splat(6.f);
-  switch (act) {
-    case 1: return v < zero ? zero : v;
-    case 2: { v8 r = v < zero ? zero : v; return r > six ? six : r; }
-    case 3: {
-      v8 r = v + splat(3.f);
-      r = r < zero ? zero : r;
-      r = r > six ? six : r;
-      return v * r / six;
-    }
-    default: return v;
-  }
-}
-
-inline float Act(float v, int64_t act) {
-  switch (act) {
-    case 1: return v < 0.f ? 0.f : v;
-    case 2: return std::min(std::max(v, 0.f), 6.f);
-    case 3: return v * std::min(std::max(v + 3.f, 0.f), 6.f) / 6.f;
-    default: return v;
-  }
-}
-
-#define EVIT_INLINE __attribute__((always_inline)) inline
-
 // One output pixel, channels [c0, C), taps clipped to the image (border pixels, leftovers).
-EVIT_INLINE void FwdPixel(const float* xb, const float* w, const float* bias, float* yp,
-                          const Geometry& g, int64_t act, int64_t ih0, int64_t i_lo,
+// rows[i] is input row ih0 + i (valid for i in [i_lo, i_hi)).
+EVIT_INLINE void FwdPixel(const float* const* rows, const float* w, const float* bias,
+                          float* yp, const Geometry& g, int64_t act, int64_t i_lo,
                           int64_t i_hi, int64_t ow, int64_t c0) {
   const int64_t C = g.C, k = g.k;
   const int64_t iw0 = ow * g.s - g.p;
@@ -87,37 +38,37 @@ EVIT_INLINE void FwdPixel(const float* xb, const float* w, const float* bias, fl
   for (; c + 8 <= C; c += 8) {
     v8 a0 = ld(bias + c);
     for (int64_t i = i_lo; i < i_hi; ++i) {
-      const float* xr = xb + ((ih0 + i) * g.W + iw0) * C + c;
+      const float* xr = rows[i] + iw0 * C + c;
       const float* wr = w + i * k * C + c;
       for (int64_t j = j_lo; j < j_hi; ++j) a0 += ld(xr + j * C) * ld(wr + j * C);
     }
-    st(yp + c, Act(a0, act));
+    st(yp + c, Apply(a0, act));
   }
   for (; c < C; ++c) {
     float a = bias[c];
     for (int64_t i = i_lo; i < i_hi; ++i)
       for (int64_t j = j_lo; j < j_hi; ++j)
-        a += xb[((ih0 + i) * g.W + iw0 + j) * C + c] * w[(i * k + j) * C + c];
-    yp[c] = Act(a, act);
+        a += rows[i][(iw0 + j) * C + c] * w[(i * k + j) * C + c];
+    yp[c] = Apply(a, act);
   }
 }
 
 // T consecutive output pixels whose taps all lie inside the row, channels [c, c + 8 V):
-// T * V accumulators stay in registers; each weight vector is loaded once for all T pixels
-// and each input vector once per tap. x0 points at input (ih0, first pixel's leftmost tap,
-// c); y0 at output (first pixel, c).
+// T * V accumulators stay in registers; each weight vector is loaded once for all T pixels.
+// col0: input column of the first pixel's leftmost tap.
 template <int T, int V>
-EVIT_INLINE void FwdTile(const float* x0, const float* w, const float* bias, float* y0,
-                         const Geometry& g, int64_t act, int64_t i_lo, int64_t i_hi) {
+EVIT_INLINE void FwdTile(const float* const* rows, int64_t col0, int64_t c, const float* w,
+                         const float* bias, float* y0, const Geometry& g, int64_t act,
+                         int64_t i_lo, int64_t i_hi) {
   const int64_t C = g.C, k = g.k, step = g.s * g.C;
   v8 acc[T][V];
 #pragma GCC unroll 16
   for (int t = 0; t < T; ++t)
 #pragma GCC unroll 8
-    for (int v = 0; v < V; ++v) acc[t][v] = ld(bias + 8 * v);
+    for (int v = 0; v < V; ++v) acc[t][v] = ld(bias + c + 8 * v);
   for (int64_t i = i_lo; i < i_hi; ++i) {
-    const float* xr = x0 + i * g.W * C;
-    const float* wr = w + i * k * C;
+    const float* xr = rows[i] + col0 * C + c;
+    const float* wr = w + i * k * C + c;
     for (int64_t j = 0; j < k; ++j) {
       v8 wv[V];
 #pragma GCC unroll 8
@@ -132,58 +83,96 @@ EVIT_INLINE void FwdTile(const float* x0, const float* w, const float* bias, flo
 #pragma GCC unroll 16
   for (int t = 0; t < T; ++t)
 #pragma GCC unroll 8
-    for (int v = 0; v < V; ++v) st(y0 + t * C + 8 * v, Act(acc[t][v], act));
+    for (int v = 0; v < V; ++v) st(y0 + t * C + c + 8 * v, Apply(acc[t][v], act));
 }
 
-// y rows [r0, r1) of the flattened (B * Ho) output rows.
+// Output row oh (of one image) from its input rows.
 template <int T, int V>
-EVIT_INLINE void FwdRowsT(const float* __restrict x, const float* __restrict w,
-                          const float* __restrict bias, float* __restrict y, Geometry g,
-                          int64_t act, int64_t r0, int64_t r1) {
+EVIT_INLINE void FwdRowT(const float* const* rows, const float* w, const float* bias, float* yr,
+                         const Geometry& g, int64_t act, int64_t i_lo, int64_t i_hi) {
   const int64_t C = g.C, k = g.k, CV = C - C % (8 * V);
   // Interior output columns: every tap of [ow_lo, ow_hi) falls inside the input row.
   const int64_t ow_lo = std::min<int64_t>(g.Wo, (g.p + g.s - 1) / g.s);
   const int64_t ow_hi = std::max<int64_t>(ow_lo, std::min<int64_t>(
       g.Wo, g.W - k + g.p >= 0 ? (g.W - k + g.p) / g.s + 1 : 0));
-  for (int64_t r = r0; r < r1; ++r) {
-    const int64_t b = r / g.Ho, oh = r % g.Ho;
-    const int64_t ih0 = oh * g.s - g.p;
-    const int64_t i_lo = std::max<int64_t>(0, -ih0), i_hi = std::min<int64_t>(k, g.H - ih0);
-    const float* xb = x + b * g.H * g.W * C;
-    float* yr = y + r * g.Wo * C;
-    for (int64_t ow = 0; ow < ow_lo; ++ow)
-      FwdPixel(xb, w, bias, yr + ow * C, g, act, ih0, i_lo, i_hi, ow, 0);
-    int64_t ow = ow_lo;
-    for (; ow + T <= ow_hi; ow += T) {
-      const float* x0 = xb + (ih0 * g.W + ow * g.s - g.p) * C;
-      for (int64_t c = 0; c < CV; c += 8 * V)
-        FwdTile<T, V>(x0 + c, w + c, bias + c, yr + ow * C + c, g, act, i_lo, i_hi);
-      if (CV < C)
-        for (int64_t t = 0; t < T; ++t)
-          FwdPixel(xb, w, bias, yr + (ow + t) * C, g, act, ih0, i_lo, i_hi, ow + t, CV);
-    }
-    for (; ow < g.Wo; ++ow)
-      FwdPixel(xb, w, bias, yr + ow * C, g, act, ih0, i_lo, i_hi, ow, 0);
+  for (int64_t ow = 0; ow < ow_lo; ++ow)
+    FwdPixel(rows, w, bias, yr + ow * C, g, act, i_lo, i_hi, ow, 0);
+  int64_t ow = ow_lo;
+  for (; ow + T <= ow_hi; ow += T) {
+    for (int64_t c = 0; c < CV; c += 8 * V)
+      FwdTile<T, V>(rows, ow * g.s - g.p, c, w, bias, yr + ow * C, g, act, i_lo, i_hi);
+    if (CV < C)
+      for (int64_t t = 0; t < T; ++t)
+        FwdPixel(rows, w, bias, yr + (ow + t) * C, g, act, i_lo, i_hi, ow + t, CV);
   }
+  for (; ow < g.Wo; ++ow) FwdPixel(rows, w, bias, yr + ow * C, g, act, i_lo, i_hi, ow, 0);
 }
 
 // The tile shape is a measured trade-off: 3x3 kernels are bound by memory traffic and do best
 // reading whole cache lines of one pixel (many channels, few pixels); 5x5 kernels are bound
 // by arithmetic and do best sharing each weight load across more pixels.
-EVIT_CLONES
-void FwdRows(const float* __restrict x, const float* __restrict w, const float* __restrict bias,
-             float* __restrict y, Geometry g, int64_t act, int64_t r0, int64_t r1) {
+EVIT_INLINE void FwdRow(const float* const* rows, const float* w, const float* bias, float* yr,
+                        const Geometry& g, int64_t act, int64_t i_lo, int64_t i_hi) {
   const bool wide = g.k >= 5;
   if (g.C % 32 == 0) {
-    if (wide) return FwdRowsT<3, 4>(x, w, bias, y, g, act, r0, r1);
-    return FwdRowsT<1, 4>(x, w, bias, y, g, act, r0, r1);
+    if (wide) return FwdRowT<3, 4>(rows, w, bias, yr, g, act, i_lo, i_hi);
+    return FwdRowT<1, 4>(rows, w, bias, yr, g, act, i_lo, i_hi);
   }
   if (g.C % 16 == 0) {
-    if (wide) return FwdRowsT<6, 2>(x, w, bias, y, g, act, r0, r1);
-    return FwdRowsT<2, 2>(x, w, bias, y, g, act, r0, r1);
+    if (wide) return FwdRowT<6, 2>(rows, w, bias, yr, g, act, i_lo, i_hi);
+    return FwdRowT<2, 2>(rows, w, bias, yr, g, act, i_lo, i_hi);
   }
-  if (wide) return FwdRowsT<8, 1>(x, w, bias, y, g, act, r0, r1);
-  return FwdRowsT<4, 1>(x, w, bias, y, g, act, r0, r1);
+  if (wide) return FwdRowT<8, 1>(rows, w, bias, yr, g, act, i_lo, i_hi);
+  return FwdRowT<4, 1>(rows, w, bias, yr, g, act, i_lo, i_hi);
+}
+
+// pro(x) of one input row into `out`: x * scale + shift, then the activation.
+EVIT_INLINE void Prologue(const float* x, const float* scale, const float* shift, float* out,
+                          int64_t W, int64_t C, int64_t act) {
+  const int64_t C8 = C - C % 8;
+  for (int64_t iw = 0; iw < W; ++iw, x += C, out += C) {
+    int64_t c = 0;
+    for (; c < C8; c += 8) st(out + c, Apply(ld(x + c) * ld(scale + c) + ld(shift + c), act));
+    for (; c < C; ++c) out[c] = Apply(x[c] * scale[c] + shift[c], act);
+  }
+}
+
+struct Pro {
+  const float* scale;
+  const float* shift;
+  int64_t act;  // < 0: no prologue
+};
+
+// Output rows [r0, r1) of the flattened (B * Ho) rows. With a prologue, the k input rows in
+// use live, transformed, in a ring of k row buffers: each input row is transformed once per
+// chunk (its tap rows overlap from one output row to the next).
+EVIT_CLONES
+void FwdRows(const float* __restrict x, const float* __restrict w, const float* __restrict bias,
+             float* __restrict y, Geometry g, int64_t act, Pro pro, int64_t r0, int64_t r1) {
+  const int64_t k = g.k, row = g.W * g.C;
+  std::vector<float> ring(pro.act >= 0 ? k * row : 0);
+  std::vector<int64_t> held(k, -1);  // which input row (b * H + ih) each ring slot holds
+  const float* rows[64];
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t b = r / g.Ho, oh = r % g.Ho;
+    const int64_t ih0 = oh * g.s - g.p;
+    const int64_t i_lo = std::max<int64_t>(0, -ih0), i_hi = std::min<int64_t>(k, g.H - ih0);
+    for (int64_t i = i_lo; i < i_hi; ++i) {
+      const int64_t src = b * g.H + ih0 + i;
+      if (pro.act < 0) {
+        rows[i] = x + src * row;
+        continue;
+      }
+      const int64_t slot = (ih0 + i) % k;  // k consecutive rows never share a slot
+      float* buf = ring.data() + slot * row;
+      if (held[slot] != src) {
+        Prologue(x + src * row, pro.scale, pro.shift, buf, g.W, g.C, pro.act);
+        held[slot] = src;
+      }
+      rows[i] = buf;
+    }
+    FwdRow(rows, w, bias, y + r * g.Wo * g.C, g, act, i_lo, i_hi);
+  }
 }
 
 // dx rows [r0, r1) of the flattened (B * H) input rows: a gather over the taps that reached
@@ -198,9 +187,9 @@ void BwdInputRows(const float* __restrict dy, const float* __restrict w, float* 
     int64_t ni = 0;
     for (int64_t i = 0; i < k; ++i) {
       const int64_t t = ih + g.p - i;
-      if (t < 0 || t % s) continue;
-      if (t / s >= g.Ho) continue;
-      taps_i[ni] = i; rows_o[ni] = t / s; ++ni;
+      if (t < 0 || t % s || t / s >= g.Ho) continue;
+      taps_i[ni] = i;
+      rows_o[ni++] = t / s;
     }
     float* dxr = dx + r * g.W * C;
     const float* dyb = dy + b * g.Ho * g.Wo * C;
@@ -208,9 +197,9 @@ void BwdInputRows(const float* __restrict dy, const float* __restrict w, float* 
       int64_t nj = 0;
       for (int64_t j = 0; j < k; ++j) {
         const int64_t t = iw + g.p - j;
-        if (t < 0 || t % s) continue;
-        if (t / s >= g.Wo) continue;
-        taps_j[nj] = j; cols_o[nj] = t / s; ++nj;
+        if (t < 0 || t % s || t / s >= g.Wo) continue;
+        taps_j[nj] = j;
+        cols_o[nj++] = t / s;
       }
       float* dp = dxr + iw * C;
       int64_t c = 0;
@@ -228,7 +217,10 @@ void BwdInputRows(const float* __restrict dy, const float* __restrict w, float* 
             a3 += ld(yp + 24) * ld(wp + 24);
           }
         }
-        st(dp + c, a0); st(dp + c + 8, a1); st(dp + c + 16, a2); st(dp + c + 24, a3);
+        st(dp + c, a0);
+        st(dp + c + 8, a1);
+        st(dp + c + 16, a2);
+        st(dp + c + 24, a3);
       }
       for (; c + 8 <= C; c += 8) {
         v8 a0 = splat(0.f);
@@ -295,56 +287,20 @@ void BwdKernelRows(const float* __restrict x, const float* __restrict dy,
   }
 }
 
-// Runs body(chunk, begin, end) over [0, n) in up to num_threads chunks of at least `grain`
-// items: chunk 0 on the calling thread, the others on XLA's pool. `finish` runs once, after
-// the last chunk, on whichever thread ends last; the returned future completes after it.
-template <typename Body, typename Finish>
-ffi::Future ParallelFor(ffi::ThreadPool& pool, int64_t n, int64_t grain, Body body,
-                        Finish finish) {
-  ffi::Promise promise;
-  ffi::Future future(promise);
-  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
-  const int64_t chunks = std::max<int64_t>(1, std::min(threads, n / std::max<int64_t>(grain, 1)));
-  if (chunks == 1) {
-    body(0, 0, n);
-    finish(1);
-    promise.SetAvailable();
-    return future;
-  }
-  auto left = std::make_shared<std::atomic<int64_t>>(chunks);
-  auto run = [=](int64_t chunk) mutable {
-    body(chunk, n * chunk / chunks, n * (chunk + 1) / chunks);
-    if (left->fetch_sub(1, std::memory_order_acq_rel) == 1) {
-      finish(chunks);
-      promise.SetAvailable();
-    }
-  };
-  for (int64_t chunk = 1; chunk < chunks; ++chunk) pool.Schedule([run, chunk]() mutable {
-    run(chunk);
-  });
-  run(0);
-  return future;
-}
-
-// Enough multiply-adds per chunk to pay for handing it to another thread.
-constexpr int64_t kMinChunkMacs = 1 << 16;
-
-int64_t Grain(int64_t macs_per_item) {
-  return std::max<int64_t>(1, kMinChunkMacs / std::max<int64_t>(1, macs_per_item));
-}
-
 ffi::Future DwFwd(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
-                  ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> y, int64_t stride,
-                  int64_t pad, int64_t act) {
+                  ffi::Buffer<ffi::F32> bias, ffi::Buffer<ffi::F32> in_scale,
+                  ffi::Buffer<ffi::F32> in_shift, ffi::ResultBuffer<ffi::F32> y,
+                  int64_t stride, int64_t pad, int64_t act, int64_t in_act) {
   auto xd = x.dimensions(), yd = y->dimensions();
   Geometry g{xd[0], xd[1], xd[2], xd[3], yd[1], yd[2], w.dimensions()[0], stride, pad};
   const float* xp = x.typed_data();
   const float* wp = w.typed_data();
   const float* bp = bias.typed_data();
+  const Pro pro{in_scale.typed_data(), in_shift.typed_data(), in_act};
   float* yp = y->typed_data();
   return ParallelFor(
       pool, g.B * g.Ho, Grain(g.Wo * g.C * g.k * g.k),
-      [=](int64_t, int64_t r0, int64_t r1) { FwdRows(xp, wp, bp, yp, g, act, r0, r1); },
+      [=](int64_t, int64_t r0, int64_t r1) { FwdRows(xp, wp, bp, yp, g, act, pro, r0, r1); },
       [](int64_t) {});
 }
 
@@ -389,19 +345,25 @@ ffi::Future DwBwdKernel(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buff
 }
 
 }  // namespace
+}  // namespace evit
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(EvitDwFwd, DwFwd,
+namespace ffi = xla::ffi;
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(EvitDwFwd, evit::DwFwd,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("stride")
                                   .Attr<int64_t>("pad")
-                                  .Attr<int64_t>("act"));
+                                  .Attr<int64_t>("act")
+                                  .Attr<int64_t>("in_act"));
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(EvitDwBwdInput, DwBwdInput,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(EvitDwBwdInput, evit::DwBwdInput,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
@@ -410,7 +372,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(EvitDwBwdInput, DwBwdInput,
                                   .Attr<int64_t>("stride")
                                   .Attr<int64_t>("pad"));
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(EvitDwBwdKernel, DwBwdKernel,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(EvitDwBwdKernel, evit::DwBwdKernel,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()

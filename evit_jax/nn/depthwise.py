@@ -31,7 +31,7 @@ from evit_jax.nn.act import get_act
 Array = jax.Array
 DepthwiseFn = Callable[[Array, Array, int, int], Array]
 # Activations the native forward applies in its epilogue (the kernel's `act` codes).
-NATIVE_ACTS = {None: 0, "relu": 1, "relu6": 2, "hswish": 3}
+NATIVE_ACTS = {None: 0, "relu": 1, "relu6": 2, "hswish": 3, "gelu": 4}
 
 
 def depthwise_lax(x: Array, kernel: Array, stride: int, padding: int) -> Array:
@@ -74,58 +74,81 @@ def _out_size(n: int, k: int, stride: int, padding: int) -> int:
     return (n + 2 * padding - k) // stride + 1
 
 
-def _ffi_fwd(x: Array, kernel: Array, bias: Array, stride: int, padding: int,
-             act: str | None) -> Array:
+def _ffi_fwd(x, kernel, bias, in_scale, in_shift, stride, padding, act, in_act):
     b, h, w, c = x.shape
     k = kernel.shape[0]
     out = jax.ShapeDtypeStruct((b, _out_size(h, k, stride, padding),
                                 _out_size(w, k, stride, padding), c), jnp.float32)
     return jax.ffi.ffi_call("evit_dw_fwd", out, vmap_method="sequential")(
-        x, kernel.reshape(k, k, c), bias, stride=np.int64(stride), pad=np.int64(padding),
-        act=np.int64(NATIVE_ACTS[act]))
+        x, kernel.reshape(k, k, c), bias, in_scale, in_shift, stride=np.int64(stride),
+        pad=np.int64(padding), act=np.int64(NATIVE_ACTS[act]),
+        in_act=np.int64(-1 if in_act is False else NATIVE_ACTS[in_act]))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _native(x: Array, kernel: Array, bias: Array, stride: int, padding: int,
-            act: str | None) -> Array:
-    return _ffi_fwd(x, kernel, bias, stride, padding, act)
+def _prologue(x, in_scale, in_shift, in_act):
+    return get_act(in_act)(x * in_scale + in_shift)
 
 
-def _native_fwd(x, kernel, bias, stride, padding, act):
-    return _ffi_fwd(x, kernel, bias, stride, padding, act), (x, kernel, bias)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
+def _native(x, kernel, bias, in_scale, in_shift, stride, padding, act, in_act):
+    return _ffi_fwd(x, kernel, bias, in_scale, in_shift, stride, padding, act, in_act)
 
 
-def _native_bwd(stride, padding, act, res, g):
-    x, kernel, bias = res
-    if act is not None:  # recompute the pre-activation rather than keep it alive
-        z = _ffi_fwd(x, kernel, bias, stride, padding, None)
+def _native_fwd(x, kernel, bias, in_scale, in_shift, stride, padding, act, in_act):
+    y = _ffi_fwd(x, kernel, bias, in_scale, in_shift, stride, padding, act, in_act)
+    return y, (x, kernel, bias, in_scale, in_shift)
+
+
+def _native_bwd(stride, padding, act, in_act, res, g):
+    # Intermediate values are recomputed rather than kept alive; the pure-JAX prologue and
+    # activation supply their own derivatives.
+    x, kernel, bias, in_scale, in_shift = res
+    one, zero = jnp.ones_like(bias), jnp.zeros_like(bias)
+    u, pro_vjp = x, None
+    if in_act is not False:
+        u, pro_vjp = jax.vjp(lambda x, a, b: _prologue(x, a, b, in_act), x, in_scale, in_shift)
+    if act is not None:
+        z = _ffi_fwd(u, kernel, bias, one, zero, stride, padding, None, False)
         g = jax.vjp(get_act(act), z)[1](g)[0]
     k, c = kernel.shape[0], x.shape[-1]
-    dx = jax.ffi.ffi_call("evit_dw_bwd_input", jax.ShapeDtypeStruct(x.shape, jnp.float32),
+    du = jax.ffi.ffi_call("evit_dw_bwd_input", jax.ShapeDtypeStruct(x.shape, jnp.float32),
                           vmap_method="sequential")(
         g, kernel.reshape(k, k, c), stride=np.int64(stride), pad=np.int64(padding))
     dk = jax.ffi.ffi_call("evit_dw_bwd_kernel", jax.ShapeDtypeStruct((k, k, 1, c), jnp.float32),
                           vmap_method="sequential")(
-        x, g, stride=np.int64(stride), pad=np.int64(padding))
-    return dx, dk, g.sum((0, 1, 2))
+        u, g, stride=np.int64(stride), pad=np.int64(padding))
+    if pro_vjp is None:
+        return du, dk, g.sum((0, 1, 2)), zero, zero
+    dx, da, db = pro_vjp(du)
+    return dx, dk, g.sum((0, 1, 2)), da, db
 
 
 _native.defvjp(_native_fwd, _native_bwd)
 
 
 def depthwise_native(x: Array, kernel: Array, stride: int, padding: int,
-                     bias: Array | None = None, act: str | None = None) -> Array:
-    """The C++ kernel, computed in float32 (x's dtype in and out); optional fused epilogue
-    `act(conv + bias)` for the activations in `NATIVE_ACTS`."""
+                     bias: Array | None = None, act: str | None = None,
+                     prologue: tuple[Array, Array, str | None] | None = None) -> Array:
+    """The C++ kernel, computed in float32 (x's dtype in and out).
+
+    Computes `act(conv(p(x)) + bias)` in one pass, with `p(x) = in_act(x * in_scale +
+    in_shift)` for `prologue=(in_scale, in_shift, in_act)` (the BatchNorm and activation
+    of the layer before, so that its output is never written to memory) and `p(x) = x`
+    otherwise; `act` and `in_act` must be in `NATIVE_ACTS`.
+    """
     if not native.available():
         raise RuntimeError(f"native depthwise kernel unavailable: {native.why_unavailable()}")
     if kernel.shape[0] > 32:
         raise ValueError(f"native depthwise supports kernels up to 32, got {kernel.shape[0]}")
-    dtype = x.dtype
-    c = x.shape[-1]
-    b = jnp.zeros((c,), jnp.float32) if bias is None else bias.astype(jnp.float32)
-    y = _native(x.astype(jnp.float32), kernel.astype(jnp.float32), b, stride, padding, act)
-    return y.astype(dtype)
+    f32, c = jnp.float32, x.shape[-1]
+    b = jnp.zeros((c,), f32) if bias is None else bias.astype(f32)
+    if prologue is None:
+        a, s, in_act = jnp.ones((c,), f32), jnp.zeros((c,), f32), False
+    else:
+        a, s, in_act = prologue
+        a, s = jnp.broadcast_to(a, (c,)).astype(f32), jnp.broadcast_to(s, (c,)).astype(f32)
+    y = _native(x.astype(f32), kernel.astype(f32), b, a, s, stride, padding, act, in_act)
+    return y.astype(x.dtype)
 
 
 IMPLS: dict[str, DepthwiseFn] = {"lax": depthwise_lax, "shift_add": depthwise_shift_add,
@@ -165,7 +188,8 @@ def default_impl() -> str:
 
 def depthwise_conv2d(x: Array, kernel: Array, stride: int = 1, padding: int | None = None,
                      impl: str | None = None, bias: Array | None = None,
-                     act: str | None = None) -> Array:
+                     act: str | None = None,
+                     prologue: tuple[Array, Array, str | None] | None = None) -> Array:
     """Depthwise conv with symmetric zero padding, as PyTorch's `Conv2d(groups=C)`, then
     optionally `act(y + bias)` (fused into the kernel where the implementation can).
 
@@ -177,6 +201,8 @@ def depthwise_conv2d(x: Array, kernel: Array, stride: int = 1, padding: int | No
       impl: implementation name (default: `set_depthwise_impl` / per backend).
       bias: `[C]` added after the convolution.
       act: activation name (`evit_jax.nn.act`) applied last.
+      prologue: `(scale, shift, act)` applied to x first, `act(x * scale + shift)`: the
+        inference BatchNorm and activation of the layer before (fused on read by `native`).
     Returns:
       `[B, H', W', C]`.
     """
@@ -185,9 +211,12 @@ def depthwise_conv2d(x: Array, kernel: Array, stride: int = 1, padding: int | No
     if padding is None:
         padding = kernel.shape[0] // 2
     impl = impl or default_impl()
+    if prologue is not None and (impl != "native" or prologue[2] not in NATIVE_ACTS):
+        x = _prologue(x, *prologue).astype(x.dtype)
+        prologue = None
     if impl == "native":  # bias and the activations it knows run in the kernel's epilogue
         fused = act if act in NATIVE_ACTS else None
-        y = depthwise_native(x, kernel, stride, padding, bias, fused)
+        y = depthwise_native(x, kernel, stride, padding, bias, fused, prologue)
         return y if fused == act else get_act(act)(y)
     y = IMPLS[impl](x, kernel, stride, padding)
     if bias is not None:
