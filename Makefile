@@ -1,17 +1,46 @@
-# Developer shortcuts. `pip install -e .` already builds the native kernels when it can.
-PY ?= python
+# Two entry points (see README): `make demo` runs the main job, `make test` the test suite.
+# Each creates the project virtualenv (.venv) on first use and installs what it needs.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# The tests write real PyTorch checkpoints, so they need torch; the CPU build is enough.
+# (Never a runtime dependency of evit_jax.)
+TORCH ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -U pip
+	$(PY) -m pip install -q -e '.[dev]' '$(TORCH)'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m train.main --config configs/demo.py --workdir runs/demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
+
+# --- speed (docs/speed.md) ---------------------------------------------------------------
 REF ?= /tmp/evit-ref
 
-.PHONY: native test bench compare-targets
+.PHONY: native bench compare-targets
 
-native:  ## (re)build the C++ XLA:CPU kernels in place
+native: $(STAMP)  ## (re)build the C++ XLA:CPU kernels in place (pip install -e . does it too)
 	$(PY) -m evit_jax.build_native
 
-test:
-	$(PY) -m pytest -q
-
-bench:  ## latency/throughput of the speed-target models
+bench: $(STAMP)  ## latency, throughput, MACs, memory of the speed-target models
 	$(PY) -m evit_jax.bench --model efficientvit-b1 --batch 1 8 --resolution 224
 
-compare-targets:  ## the README speed table: evit-jax vs the reference PyTorch, side by side
+compare-targets: $(STAMP)  ## the speed table: evit-jax vs the reference PyTorch (setup.sh in REF)
 	$(PY) -m evit_jax.bench.compare --ref $(REF) --targets --markdown

@@ -11,15 +11,20 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
+import zlib
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+import numpy as np
+from flax.traverse_util import flatten_dict, unflatten_dict
 
 from evit_jax.models.backbone import BackboneConfig
 from evit_jax.models.cls import EfficientViTCls
 from evit_jax.models.heads import ClsHeadConfig, SegHeadConfig
 from evit_jax.models.seg import EfficientViTSeg
+from evit_jax.nn.init import recording
 
 _L = dict(family="l", dim=32, act="gelu")
 _XL = dict(family="l", dim=32, act="gelu",
@@ -173,16 +178,45 @@ def model_info(name: str) -> ModelSpec:
     return MODELS[_canonical(name)]
 
 
-def init_variables(model: nn.Module, rng: Any) -> dict[str, Any]:
-    """Freshly initialised variables (`params`, `batch_stats`) of a zoo module.
+def _example_inputs(model: nn.Module) -> tuple:
+    """Arguments for `model.init`: SAM provides `example_inputs()`; the others take a 64x64
+    image batch (parameter shapes do not depend on the resolution)."""
+    if hasattr(model, "example_inputs"):
+        return tuple(model.example_inputs())
+    return (jnp.zeros((1, 64, 64, 3), jnp.float32),)
 
-    Modules whose `__call__` takes more than an image batch (SAM) provide
-    `example_inputs()`; the others are initialised on a 64x64 image (parameter shapes do not
-    depend on the resolution).
+
+def abstract_variables(model: nn.Module) -> dict[str, Any]:
+    """The variables' tree of shapes and dtypes (`jax.ShapeDtypeStruct` leaves), no values."""
+    return dict(jax.eval_shape(model.init, jax.random.key(0), *_example_inputs(model)))
+
+
+def init_variables(model: nn.Module, rng: Any = 0) -> dict[str, Any]:
+    """Freshly initialised variables (`params`, `batch_stats`) of a zoo module, as numpy.
+
+    Initialisation runs on the host (see `evit_jax.nn.init`): shapes come from tracing the
+    model, values from numpy seeded by (seed, variable path), so no random-number program is
+    compiled (that takes minutes for the large models on a CPU). The same rng always gives the
+    same variables.
+
+    Args:
+      model: a module from `create_model`.
+      rng: an int seed or a jax PRNG key.
     """
-    args = model.example_inputs() if hasattr(model, "example_inputs") \
-        else (jnp.zeros((1, 64, 64, 3), jnp.float32),)
-    return dict(model.init(rng, *args))
+    args = _example_inputs(model)
+    key = jax.random.key(rng) if isinstance(rng, int) else rng
+    with recording() as specs:
+        abstract = jax.eval_shape(model.init, key, *args)
+    flat = flatten_dict(dict(abstract))
+    if any(path not in specs for path in flat):
+        # A module with parameters declared outside evit_jax.nn.init: let Flax do it.
+        return dict(jax.jit(model.init)(key, *args))
+    seed = [int(v) for v in np.asarray(jax.random.key_data(key)).ravel()]
+    out = {}
+    for path, leaf in flat.items():
+        rng_np = np.random.default_rng(seed + [zlib.crc32("/".join(path).encode())])
+        out[path] = specs[path].numpy(rng_np, tuple(leaf.shape)).astype(leaf.dtype)
+    return unflatten_dict(out)
 
 
 def create_model(name: str, dtype: Any = jnp.float32, **overrides: Any) -> nn.Module:

@@ -75,9 +75,8 @@ def count_macs(name: str, resolution: tuple[int, int] | int | None = None,
     224)` -> ~0.52e9), without running it. Resolution defaults to the zoo entry's; `part`
     picks a SAM part (default its encoder)."""
     from evit_jax.bench.programs import make_program
-    from evit_jax.zoo import create_model, init_variables
+    from evit_jax.zoo import abstract_variables, create_model
 
-    model = create_model(name)
-    shapes = jax.eval_shape(lambda: init_variables(model, jax.random.PRNGKey(0)))
-    prog = make_program(name, batch, resolution, part=part, variables=shapes)
+    prog = make_program(name, batch, resolution, part=part,
+                        variables=abstract_variables(create_model(name)))
     return count_program_macs(prog.fn, prog.variables, *prog.inputs)["total"]

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from evit_jax.fuse import fuse_bn
-from evit_jax.zoo import create_model, init_variables, model_info
+from evit_jax.zoo import abstract_variables, create_model, model_info
 
 PARTS = {"cls": ("model",), "seg": ("model",), "sam": ("encoder", "decoder", "e2e")}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -65,9 +65,8 @@ def random_variables(model: Any, seed: int = 0, inputs: tuple | None = None) -> 
     small, so activations stay O(1) (no overflow, no denormals). `inputs`: example inputs
     for `model.init` when it is not a zoo model.
     """
-    rng0 = jax.random.PRNGKey(seed)
-    shapes = jax.eval_shape(lambda: init_variables(model, rng0) if inputs is None
-                            else dict(model.init(rng0, *inputs)))
+    shapes = abstract_variables(model) if inputs is None else \
+        jax.eval_shape(model.init, jax.random.key(0), *inputs)
     rng = np.random.default_rng(seed)
 
     def fill(path: tuple, leaf: Any) -> np.ndarray:

@@ -19,11 +19,10 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import jax
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from evit_jax.zoo import create_model, init_variables, model_info
+from evit_jax.zoo import abstract_variables, create_model, model_info
 
 Path = tuple[str, ...]
 
@@ -174,7 +173,7 @@ def convert_state_dict(name: str, state_dict: Mapping[str, Any]) -> dict[str, An
     family = "b" if spec.backbone.startswith("b") else "l"
     timm = is_timm_style(sd)
     model = create_model(name)
-    abstract = jax.eval_shape(lambda: init_variables(model, jax.random.key(0)))
+    abstract = abstract_variables(model)
     target = {k: v for k, v in flatten_dict(abstract).items()}
     out: dict[tuple[str, ...], np.ndarray] = {}
     unexpected, mismatched, mismatched_paths = [], [], set()

@@ -128,7 +128,9 @@ class EfficientViTBackbone(nn.Module):
         zl = self.zero_init_last
 
         def block(kind, features, stride, expand, fewer_norm=False):
-            return _local_block(kind, features, stride, expand, cfg.act, fewer_norm, eps, zl, dt)
+            # "Last gamma = 0" only where a shortcut carries the signal past the branch.
+            return _local_block(kind, features, stride, expand, cfg.act, fewer_norm, eps,
+                                zl and stride == 1, dt)
 
         def evit(expand, scales):
             return EfficientViTBlock(cfg.dim, expand, scales, self.attn_eps, cfg.act, "bn2d",

@@ -15,12 +15,10 @@ from jax import lax
 
 from evit_jax.nn.act import get_act
 from evit_jax.nn.depthwise import NATIVE_ACTS, default_impl, depthwise_conv2d
+from evit_jax.nn.init import TRUNC_NORMAL_002, ZEROS, Init, declare_param
 from evit_jax.nn.norm import bn_affine, make_norm
 
 Array = jax.Array
-
-# Reference init (trainer): trunc_normal(std=0.02) for conv and linear weights, zero biases.
-default_kernel_init = nn.initializers.truncated_normal(0.02)
 
 
 class Conv2d(nn.Module):
@@ -56,11 +54,10 @@ class Conv2d(nn.Module):
         k, g, cin = self.kernel_size, self.groups, x.shape[-1]
         if cin % g or self.features % g:
             raise ValueError(f"channels {cin}->{self.features} not divisible by groups {g}")
-        kernel = self.param("kernel", default_kernel_init, (k, k, cin // g, self.features),
-                            jnp.float32)
+        kernel = declare_param(self, "kernel", TRUNC_NORMAL_002, (k, k, cin // g, self.features))
         bias = None
         if self.use_bias or self.has_variable("params", "bias"):
-            bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+            bias = declare_param(self, "bias", ZEROS, (self.features,))
         if scale is not None:  # fold: (conv(x, K) + c) * a + b == conv(x, K * a) + (c * a + b)
             kernel = kernel * scale
             bias = shift if bias is None else bias * scale + shift
@@ -96,6 +93,27 @@ class Conv2d(nn.Module):
         if bias is not None:
             y = y + bias
         return get_act(act)(y)
+
+
+class Dense(nn.Module):
+    """PyTorch-style `Linear` on the last axis: `[..., C_in]` -> `[..., features]`.
+
+    Params: `kernel` `[C_in, features]`, `bias` `[features]`; float32 accumulation.
+    """
+
+    features: int
+    use_bias: bool = True
+    dtype: Any = jnp.float32
+    kernel_init: Init = TRUNC_NORMAL_002
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        kernel = declare_param(self, "kernel", self.kernel_init, (x.shape[-1], self.features))
+        y = jnp.einsum("...i,io->...o", x.astype(self.dtype), kernel.astype(self.dtype),
+                       preferred_element_type=jnp.float32)
+        if self.use_bias:
+            y = y + declare_param(self, "bias", ZEROS, (self.features,))
+        return y.astype(self.dtype)
 
 
 class ConvLayer(nn.Module):
@@ -191,9 +209,7 @@ class LinearLayer(nn.Module):
         x = x.reshape(x.shape[0], -1)
         if self.dropout > 0:
             x = nn.Dropout(self.dropout, deterministic=not train)(x)
-        x = nn.Dense(self.features, use_bias=self.use_bias, dtype=self.dtype,
-                     param_dtype=jnp.float32, kernel_init=default_kernel_init,
-                     name="linear")(x)
+        x = Dense(self.features, self.use_bias, self.dtype, name="linear")(x)
         norm = make_norm(self.norm, self.norm_eps, self.dtype)
         if norm is not None:
             x = norm(x, train)

@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from evit_jax.nn.init import ONES, ZEROS, declare_param, declare_stat
+
 Array = jax.Array
 
 
@@ -45,11 +47,10 @@ class BatchNorm2d(nn.Module):
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         c = x.shape[-1]
-        scale = self.param("scale", nn.initializers.zeros if self.zero_init
-                           else nn.initializers.ones, (c,), jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
-        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
-        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+        scale = declare_param(self, "scale", ZEROS if self.zero_init else ONES, (c,))
+        bias = declare_param(self, "bias", ZEROS, (c,))
+        ra_mean = declare_stat(self, "mean", ZEROS, (c,))
+        ra_var = declare_stat(self, "var", ONES, (c,))
         if train:
             axes = tuple(range(x.ndim - 1))
             xf = x.astype(jnp.float32)
@@ -83,8 +84,8 @@ class LayerNorm(nn.Module):
     def __call__(self, x: Array, train: bool = False) -> Array:
         del train
         c = x.shape[-1]
-        scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+        scale = declare_param(self, "scale", ONES, (c,))
+        bias = declare_param(self, "bias", ZEROS, (c,))
         xf = x.astype(jnp.float32)
         u = xf.mean(-1, keepdims=True)
         d = xf - u
