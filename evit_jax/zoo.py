@@ -25,6 +25,7 @@ from evit_jax.models.cls import EfficientViTCls
 from evit_jax.models.heads import ClsHeadConfig, SegHeadConfig
 from evit_jax.models.seg import EfficientViTSeg
 from evit_jax.nn.init import recording
+from evit_jax.sam.model import EfficientViTSam, SamConfig
 
 _L = dict(family="l", dim=32, act="gelu")
 _XL = dict(family="l", dim=32, act="gelu",
@@ -117,6 +118,11 @@ _SEG = [
     ("l1", "ade20k", 128, 3, 4, "fmbconv", 8, 49.191),
     ("l2", "ade20k", 128, 3, 4, "fmbconv", 8, 50.702),
 ]
+# EfficientViT-SAM: (variant, encoder size, neck depth, neck expand, COCO mAP, LVIS mAP); the
+# neck reads the three deepest stages. mAP: zero-shot with ViTDet boxes (EfficientViT-SAM paper).
+_SAM = [("l0", 512, 4, 1, 45.7, 41.8), ("l1", 512, 8, 1, 46.2, 42.1),
+        ("l2", 512, 12, 1, 46.6, 42.7), ("xl0", 1024, 6, 4, 47.5, 43.9),
+        ("xl1", 1024, 12, 4, 47.8, 44.4)]
 SEG_DATASETS = {"cityscapes": dict(num_classes=19, resolution=(1024, 2048)),
                 "ade20k": dict(num_classes=150, resolution=(512, 512))}
 
@@ -140,6 +146,13 @@ def _build_table() -> dict[str, ModelSpec]:
         table[name] = ModelSpec(name, "seg", v, head, NORM_EPS[bb.family],
                                 resolution=SEG_DATASETS[ds]["resolution"],
                                 checkpoint=f"efficientvit_seg_{v}_{ds}.pt", paper={"miou": miou})
+    for v, size, depth, expand, coco, lvis in _SAM:
+        n = BACKBONES[v].num_stages
+        fids = tuple(f"stage{i}" for i in range(n - 1, n - 4, -1))
+        name = f"efficientvit-sam-{v}"
+        table[name] = ModelSpec(name, "sam", v, SamConfig(size, fids, depth, expand), 1e-6,
+                                resolution=(size, size), checkpoint=f"efficientvit_sam_{v}.pt",
+                                paper={"coco_map": coco, "lvis_map": lvis})
     for v in ("b0", "b1", "b2", "b3", "l1", "l2", "l3"):  # timm: own key names, attn eps 1e-5
         name = f"efficientvit_{v}"
         table[name] = dataclasses.replace(table[f"efficientvit-{v}"], name=name, attn_eps=1e-5,
@@ -148,7 +161,8 @@ def _build_table() -> dict[str, ModelSpec]:
 
 
 MODELS: dict[str, ModelSpec] = _build_table()
-_FACTORIES: dict[str, Any] = {"cls": EfficientViTCls, "seg": EfficientViTSeg}
+_FACTORIES: dict[str, Any] = {"cls": EfficientViTCls, "seg": EfficientViTSeg,
+                              "sam": EfficientViTSam}
 
 
 def register(spec: ModelSpec, factory: Any = None) -> None:

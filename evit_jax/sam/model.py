@@ -1,0 +1,218 @@
+"""EfficientViT-SAM: the EfficientViT image encoder with segment-anything's prompt encoder
+and mask decoder (`create_model("efficientvit-sam-l0")` ... `"-xl1"`).
+
+Three entry points, all through `model.apply(variables, ..., method=...)`:
+  `encode_image`   preprocessed images `[N, S, S, 3]` -> embeddings `[N, 64, 64, 256]`;
+  `predict_masks`  embeddings + prompts -> low-res logits of every mask token and IoUs;
+  `__call__`       both at once (images only: the embeddings), used by `init`.
+The predictor (`evit_jax.sam.SamPredictor`) wraps them with preprocessing and
+post-processing, numpy in and out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from evit_jax.models.backbone import BackboneConfig
+from evit_jax.models.base import check_image_batch
+from evit_jax.sam.mask_decoder import MaskDecoder
+from evit_jax.sam.neck import SamImageEncoder
+from evit_jax.sam.prompt_encoder import PAD, PromptEncoder
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class SamDecoderConfig:
+    """segment-anything's prompt encoder and mask decoder (the same in every zoo entry).
+
+    Attributes:
+      embed_dim: token and embedding channels (256).
+      grid: side of the image embedding (64).
+      prompt_size: side of the frame prompts and masks live in (1024, for every family).
+      mask_in_chans: hidden channels of the mask-prompt downscaler.
+      num_multimask_outputs, iou_head_depth, iou_head_hidden_dim: the mask decoder.
+      transformer_depth, transformer_heads, transformer_mlp_dim,
+      attention_downsample_rate: its two-way transformer.
+    """
+
+    embed_dim: int = 256
+    grid: int = 64
+    prompt_size: int = 1024
+    mask_in_chans: int = 16
+    num_multimask_outputs: int = 3
+    iou_head_depth: int = 3
+    iou_head_hidden_dim: int = 256
+    transformer_depth: int = 2
+    transformer_heads: int = 8
+    transformer_mlp_dim: int = 2048
+    attention_downsample_rate: int = 2
+
+    @property
+    def low_res_size(self) -> int:
+        """Side of the low-res mask logits (4x the embedding grid: 256)."""
+        return 4 * self.grid
+
+
+@dataclasses.dataclass(frozen=True)
+class SamConfig:
+    """The SAM part of one zoo entry (the zoo's `head_cfg`).
+
+    Attributes:
+      encoder_size: side of the encoder input (512 for L, 1024 for XL).
+      fid_list: backbone features read by the neck (deepest first).
+      neck_depth, neck_expand: residual FusedMBConv blocks of the neck and their expansion.
+      neck_width: width of the neck (256).
+      decoder: the prompt encoder / mask decoder.
+    """
+
+    encoder_size: int
+    fid_list: tuple[str, ...]
+    neck_depth: int
+    neck_expand: float
+    neck_width: int = 256
+    decoder: SamDecoderConfig = SamDecoderConfig()
+
+    @property
+    def prompt_size(self) -> int:
+        return self.decoder.prompt_size
+
+    @property
+    def low_res_size(self) -> int:
+        return self.decoder.low_res_size
+
+
+def _prompt_modules(cfg: SamDecoderConfig, norm_eps: float, dtype: Any
+                    ) -> tuple[PromptEncoder, MaskDecoder]:
+    return (PromptEncoder(cfg.embed_dim, cfg.grid, cfg.prompt_size, cfg.mask_in_chans),
+            MaskDecoder(cfg.embed_dim, cfg.num_multimask_outputs, cfg.iou_head_depth,
+                        cfg.iou_head_hidden_dim, cfg.transformer_depth, cfg.transformer_heads,
+                        cfg.transformer_mlp_dim, cfg.attention_downsample_rate, norm_eps,
+                        dtype))
+
+
+def _predict_masks(prompt_encoder: PromptEncoder, mask_decoder: MaskDecoder,
+                   image_embeddings: Array, point_coords: Array, point_labels: Array,
+                   mask_input: Array | None, has_mask: Array | None) -> tuple[Array, Array]:
+    sparse, dense = prompt_encoder(point_coords, point_labels, mask_input, has_mask)
+    return mask_decoder(image_embeddings, prompt_encoder.dense_pe(), sparse, dense,
+                        point_labels != PAD)
+
+
+class SamPromptDecoder(nn.Module):
+    """The prompt encoder and mask decoder without the image encoder (`predict_masks` of
+    `EfficientViTSam`). Every zoo entry has the same one, so the predictor compiles it once
+    for all models; its variables are the `prompt_encoder` and `mask_decoder` subtrees
+    (`EfficientViTSam.decoder_variables`)."""
+
+    cfg: SamDecoderConfig
+    norm_eps: float = 1e-6
+    dtype: Any = jnp.float32
+
+    def setup(self):
+        self.prompt_encoder, self.mask_decoder = _prompt_modules(self.cfg, self.norm_eps,
+                                                                 self.dtype)
+
+    def __call__(self, image_embeddings: Array, point_coords: Array, point_labels: Array,
+                 mask_input: Array | None = None, has_mask: Array | None = None
+                 ) -> tuple[Array, Array]:
+        """See `EfficientViTSam.predict_masks`."""
+        return _predict_masks(self.prompt_encoder, self.mask_decoder, image_embeddings,
+                              point_coords, point_labels, mask_input, has_mask)
+
+
+class EfficientViTSam(nn.Module):
+    """EfficientViT-SAM (`image_encoder`, `prompt_encoder`, `mask_decoder`).
+
+    Attributes:
+      backbone_cfg: the EfficientViT L / XL backbone.
+      head_cfg: the SAM config.
+      norm_eps: eps of every BatchNorm, the encoder's LayerNorm and the decoder
+        transformer's LayerNorms (1e-6 for every zoo entry).
+      attn_eps: LiteMLA eps.
+      dtype: compute dtype of the encoder and decoder; outputs are float32.
+    """
+
+    backbone_cfg: BackboneConfig
+    head_cfg: SamConfig
+    norm_eps: float = 1e-6
+    attn_eps: float = 1e-15
+    dtype: Any = jnp.float32
+
+    def setup(self):
+        cfg = self.head_cfg
+        self.image_encoder = SamImageEncoder(
+            self.backbone_cfg, cfg.fid_list, cfg.neck_width, cfg.neck_depth, cfg.neck_expand,
+            cfg.decoder.embed_dim, cfg.decoder.grid, self.norm_eps, self.attn_eps, self.dtype)
+        self.prompt_encoder, self.mask_decoder = _prompt_modules(cfg.decoder, self.norm_eps,
+                                                                 self.dtype)
+
+    def encode_image(self, images: Array, train: bool = False) -> Array:
+        """Preprocessed images `[N, S, S, 3]` (S = `head_cfg.encoder_size`; see
+        `evit_jax.sam.transforms.preprocess`) -> embeddings `[N, 64, 64, 256]`, float32."""
+        s = self.head_cfg.encoder_size
+        check_image_batch(images)
+        if images.shape[1:3] != (s, s):
+            raise ValueError(
+                f"encode_image expects images of {s}x{s} (this model's encoder size), got "
+                f"{images.shape[1]}x{images.shape[2]}; preprocess with "
+                f"evit_jax.sam.transforms.preprocess(image, {s}) (resize the longest side to "
+                f"{s}, normalise, zero-pad bottom/right)")
+        return self.image_encoder(images, train)
+
+    def predict_masks(self, image_embeddings: Array, point_coords: Array, point_labels: Array,
+                      mask_input: Array | None = None, has_mask: Array | None = None
+                      ) -> tuple[Array, Array]:
+        """Decode a batch of B prompts against one image (or B images).
+
+        Args:
+          image_embeddings: `[1 or B, 64, 64, 256]`.
+          point_coords: `[B, N, 2]` XY in the 1024 prompt frame; box corners are tokens too.
+          point_labels: `[B, N]`: 1 foreground, 0 background, -1 not-a-point, 2 / 3 box
+            top-left / bottom-right, `PAD` (-2) no token (padding, masked out).
+          mask_input: optional low-res mask logits `[B, 256, 256]`.
+          has_mask: optional `[B]` bool: which prompts use their `mask_input`.
+        Returns:
+          (low-res logits `[B, 4, 256, 256]`, IoU predictions `[B, 4]`), float32. Token 0
+          is the single-mask output, tokens 1..3 the multimask output.
+        """
+        return _predict_masks(self.prompt_encoder, self.mask_decoder, image_embeddings,
+                              point_coords, point_labels, mask_input, has_mask)
+
+    def __call__(self, images: Array, point_coords: Array | None = None,
+                 point_labels: Array | None = None, mask_input: Array | None = None,
+                 train: bool = False) -> Array | tuple[Array, Array]:
+        """Images `[N, H, W, 3]` -> embeddings; with prompts (one image, or one prompt per
+        image) -> `predict_masks`'s output. Unlike `encode_image`, any size that is a
+        multiple of 32 (64 for XL) is taken (the neck resizes to the 64 x 64 grid), so
+        `init` is cheap; only the encoder size matches pretrained weights."""
+        check_image_batch(images, 64 if self.backbone_cfg.num_stages > 5 else 32)
+        emb = self.image_encoder(images, train)
+        if point_coords is None:
+            return emb
+        if point_labels is None:
+            raise ValueError("point_labels are required with point_coords")
+        return self.predict_masks(emb, point_coords, point_labels, mask_input)
+
+    def prompt_decoder(self) -> SamPromptDecoder:
+        """The prompt encoder + mask decoder as a module of its own (unbound)."""
+        return SamPromptDecoder(self.head_cfg.decoder, self.norm_eps, self.dtype, parent=None)
+
+    @staticmethod
+    def decoder_variables(variables: dict[str, Any]) -> dict[str, Any]:
+        """The variables of `prompt_decoder()`: the `prompt_encoder` and `mask_decoder`
+        parameter subtrees."""
+        params = variables["params"]
+        return {"params": {k: params[k] for k in ("prompt_encoder", "mask_decoder")}}
+
+    def example_inputs(self) -> tuple[Array, ...]:
+        """Inputs that reach every parameter (`init_variables`): a 64 x 64 image, one click
+        plus segment-anything's padding point, and a mask prompt."""
+        n = self.head_cfg.low_res_size
+        return (jnp.zeros((1, 64, 64, 3), jnp.float32), jnp.zeros((1, 2, 2), jnp.float32),
+                jnp.array([[1, -1]], jnp.int32), jnp.zeros((1, n, n), jnp.float32))

@@ -1,0 +1,120 @@
+"""Prompt checking and packing (host side) for the SAM predictor.
+
+A prompt (clicks, a box, or both) becomes a row of tokens: the clicks, segment-anything's
+padding point when there is no box, then the two box corners. Rows are padded with `PAD`
+tokens to a bucketed length, and batches to a bucketed size, so a new number of clicks or
+boxes reuses a compiled decoder instead of compiling a new one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from evit_jax.sam.prompt_encoder import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, NOT_A_POINT, PAD
+
+
+def bucket(n: int, minimum: int = 1) -> int:
+    """The smallest power of two >= max(n, minimum)."""
+    n = max(n, minimum, 1)
+    return 1 << (n - 1).bit_length()
+
+
+def _finite(name: str, a: np.ndarray) -> None:
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name} contains NaN or infinite values")
+
+
+def check_points(coords, labels, size: tuple[int, int], batched: bool = False
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Validate clicks in original-image pixels: coords `[(B,) N, 2]` XY inside the image
+    (0 <= x <= W, 0 <= y <= H), labels `[(B,) N]` in {1 foreground, 0 background,
+    -1 not-a-point}. Returns float64 coords and int32 labels."""
+    lead = "[B, N, 2]" if batched else "[N, 2]"
+    c = np.asarray(coords, dtype=np.float64)
+    if c.ndim != (3 if batched else 2) or c.shape[-1] != 2:
+        raise ValueError(f"point_coords must have shape {lead} (XY pixels), got {c.shape}")
+    if labels is None:
+        raise ValueError("point_labels must be given with point_coords (1 = foreground, "
+                         "0 = background), e.g. np.ones(len(point_coords))")
+    lab = np.asarray(labels)
+    if lab.dtype.kind not in "iubf":
+        raise ValueError(f"point_labels must be numbers (1, 0 or -1), got dtype {lab.dtype}")
+    if lab.shape != c.shape[:-1]:
+        raise ValueError(f"point_labels shape {lab.shape} does not match point_coords "
+                         f"{c.shape}: one label per point")
+    if lab.size and not np.isin(lab, (-1, 0, 1)).all():
+        raise ValueError(f"point_labels must be 1 (foreground), 0 (background) or -1 "
+                         f"(ignored point), got {np.unique(lab)}")
+    _finite("point_coords", c)
+    h, w = size
+    if c.size and ((c[..., 0] < 0).any() or (c[..., 0] > w).any() or (c[..., 1] < 0).any()
+                   or (c[..., 1] > h).any()):
+        raise ValueError(f"point_coords lie outside the {w}x{h} (WxH) image; points are XY "
+                         "pixels of the original image (clip with np.clip)")
+    return c, lab.astype(np.int32)
+
+
+def check_boxes(box, size: tuple[int, int], batched: bool = False) -> np.ndarray:
+    """Validate XYXY boxes `[(B,) 4]` inside the image with x0 <= x1, y0 <= y1."""
+    b = np.asarray(box, dtype=np.float64)
+    if not batched and b.shape == (1, 4):
+        b = b[0]
+    if b.ndim != (2 if batched else 1) or b.shape[-1] != 4:
+        want = "[B, 4]" if batched else "[4]"
+        raise ValueError(f"box must have shape {want} (XYXY pixels), got {b.shape}")
+    _finite("box", b)
+    h, w = size
+    if (b[..., 2] < b[..., 0]).any() or (b[..., 3] < b[..., 1]).any():
+        raise ValueError(f"box must be XYXY with x0 <= x1 and y0 <= y1, got {b.tolist()}")
+    if (b[..., 0::2] < 0).any() or (b[..., 0::2] > w).any() or (b[..., 1::2] < 0).any() \
+            or (b[..., 1::2] > h).any():
+        raise ValueError(f"box {b.tolist()} lies (partly) outside the {w}x{h} (WxH) image; "
+                         f"clip it: np.clip(box, 0, [{w}, {h}, {w}, {h}])")
+    return b
+
+
+def check_masks(mask_input, n: int, low_res: int, batched: bool = False) -> np.ndarray:
+    """Validate low-res mask logits `[(B,) 1, 256, 256]` (or without the 1) -> float32
+    `[B, 256, 256]`."""
+    m = np.asarray(mask_input, dtype=np.float32)
+    if m.ndim == (4 if batched else 3) and m.shape[-3] == 1:
+        m = m[..., 0, :, :]
+    if not batched:
+        m = m[None]
+    if m.shape != (n, low_res, low_res):
+        want = f"[B, 1, {low_res}, {low_res}]" if batched else f"[1, {low_res}, {low_res}]"
+        raise ValueError(f"mask_input must have shape {want} (the low_res logits of a "
+                         f"previous prediction), got {np.shape(mask_input)}")
+    _finite("mask_input", m)
+    return m
+
+
+def prompt_tokens(coords: np.ndarray | None, labels: np.ndarray | None,
+                  boxes: np.ndarray | None, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token coords `[B, T, 2]` and labels `[B, T]` of B prompts (coords already in the
+    prompt frame): clicks, then the padding point if there is no box, then box corners."""
+    cs, ls = [], []
+    if coords is not None:
+        cs.append(coords)
+        ls.append(labels)
+        if boxes is None:  # segment-anything appends a not-a-point when no box is given
+            cs.append(np.zeros((batch, 1, 2)))
+            ls.append(np.full((batch, 1), NOT_A_POINT))
+    if boxes is not None:
+        cs.append(boxes.reshape(batch, 2, 2))
+        ls.append(np.broadcast_to([BOX_TOP_LEFT, BOX_BOTTOM_RIGHT], (batch, 2)))
+    if not cs:
+        return np.zeros((batch, 0, 2), np.float32), np.zeros((batch, 0), np.int32)
+    return (np.concatenate(cs, 1).astype(np.float32),
+            np.concatenate(ls, 1).astype(np.int32))
+
+
+def pad_tokens(coords: np.ndarray, labels: np.ndarray, tokens: int, rows: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Pad `[B, T, 2]` / `[B, T]` to `[rows, tokens, ...]` with PAD tokens."""
+    b, t = labels.shape
+    c = np.zeros((rows, tokens, 2), np.float32)
+    lab = np.full((rows, tokens), PAD, np.int32)
+    c[:b, :t] = coords
+    lab[:b, :t] = labels
+    return c, lab

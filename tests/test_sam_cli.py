@@ -1,0 +1,122 @@
+"""`evit-segment`: clicks, boxes and --auto end to end on a drawn image, and its errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import evit_jax
+from evit_jax.sam import amg_utils as U
+from evit_jax.sam.cli import main
+from tests.sam_helpers import drawn_scene, sam_case
+
+NAME = "efficientvit-sam-l0"
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("segment")
+    sd, _ = sam_case(NAME)
+    evit_jax.save_variables(evit_jax.convert_state_dict(NAME, sd), d / "weights", model=NAME)
+    Image.fromarray(drawn_scene(96, 128)).save(d / "scene.png")
+    return d
+
+
+def _run(files, *args) -> int:
+    return main(["--model", NAME, "--weights", str(files / "weights"),
+                 "--image", str(files / "scene.png"), *args])
+
+
+def test_clicks_write_picture_and_masks(files, capsys):
+    out, masks = files / "clicks.png", files / "clicks.npz"
+    assert _run(files, "--point", "40,40", "--point", "100,70,0", "--out", str(out),
+                "--masks-out", str(masks)) == 0
+    text = capsys.readouterr().out
+    assert "encode" in text and "decode" in text and "1 mask(s)" in text
+    picture = np.asarray(Image.open(out))
+    assert picture.shape == (96, 128, 3)
+    with np.load(masks) as z:
+        assert z["masks"].shape == (1, 96, 128) and z["masks"].dtype == bool
+        assert z["scores"].shape == (1,)
+        m = z["masks"][0]
+    scene = drawn_scene(96, 128)
+    # The masks are drawn: tinted pixels inside the mask (away from the click markers).
+    changed = np.any(picture != scene, axis=-1)
+    assert changed[m].mean() > 0.9 and (changed[~m].mean() < 0.2 if (~m).any() else True)
+
+
+def test_boxes_in_one_batch_and_json_masks(files):
+    out, masks = files / "boxes.png", files / "boxes.json"
+    assert _run(files, "--box", "10,10,60,50", "--box", "60,40,120,90", "--out", str(out),
+                "--masks-out", str(masks)) == 0
+    data = json.loads(masks.read_text())
+    assert len(data["masks"]) == 2
+    m = U.rle_to_mask(U.coco_decode_rle(data["masks"][0]["segmentation"]))
+    assert m.shape == (96, 128) and data["masks"][0]["area"] == int(m.sum())
+
+
+def test_auto_mode(files, capsys):
+    out, masks = files / "auto.png", files / "auto.npz"
+    assert _run(files, "--auto", "--points-per-side", "2", "--pred-iou-thresh", "0",
+                "--stability-score-thresh", "0", "--out", str(out), "--masks-out",
+                str(masks)) == 0
+    assert "generate" in capsys.readouterr().out
+    with np.load(masks) as z:
+        assert z["masks"].shape[1:] == (96, 128) and len(z["masks"]) == len(z["bbox_xywh"])
+    assert out.exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--out", "x.png"], "give prompts"),
+    (["--point", "1,2,3,4", "--out", "x.png"], "expected 2 or 3"),
+    (["--point", "10,10,5", "--out", "x.png"], "LABEL must be 1"),
+    (["--point", "500,10", "--out", "x.png"], "outside the 128x96"),
+    (["--box", "50,50,10,10", "--out", "x.png"], "x0 <= x1"),
+    (["--auto", "--box", "1,1,5,5", "--out", "x.png"], "no --point / --box"),
+    (["--point", "5,5", "--out", "x.jpg"], "write a .png"),
+    (["--point", "5,5", "--out", "x.png", "--masks-out", "m.txt"], ".npz or .json"),
+])
+def test_bad_command_lines_fail_with_a_message(files, capsys, args, message):
+    args = [a if not a.endswith((".png", ".jpg", ".txt")) else str(files / a) for a in args]
+    assert _run(files, *args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("evit-segment: error:") and message in err
+
+
+def test_bad_model_weights_and_image(files, capsys):
+    base = ["--point", "5,5", "--out", str(files / "x.png")]
+    assert main(["--model", "efficientvit-b0", "--weights", str(files / "weights"),
+                 "--image", str(files / "scene.png"), *base]) == 1
+    assert "not a SAM model" in capsys.readouterr().err
+    assert main(["--model", "efficientvit-sam-l1", "--weights", str(files / "weights"),
+                 "--image", str(files / "scene.png"), *base]) == 1
+    assert "holds weights of 'efficientvit-sam-l0'" in capsys.readouterr().err
+    assert _run(files, "--point", "5,5", "--out", str(files / "x.png"),
+                "--image", str(files / "missing.png")) == 1
+    assert "no such image" in capsys.readouterr().err
+    assert main(["--model", NAME]) == 2  # argparse: missing required options
+
+
+def test_authors_checkpoint_file_via_evit_convert(files, tmp_path, capsys):
+    """The user's path: the authors' `.pt` -> `evit-convert` -> `evit-segment --weights DIR`,
+    and `--weights FILE.pt` converted on the fly, give the same masks."""
+    torch = pytest.importorskip("torch")
+    from evit_jax.convert.cli import main as convert_main
+
+    sd, _ = sam_case(NAME)
+    pt = tmp_path / "efficientvit_sam_l0.pt"
+    torch.save({"state_dict": {k: torch.from_numpy(v) for k, v in sd.items()}}, pt)
+    assert convert_main(["--model", NAME, "--src", str(pt), "--dst", str(tmp_path / "ckpt")]) == 0
+    outs = []
+    for weights in (tmp_path / "ckpt", pt):
+        masks = tmp_path / f"{weights.name}.npz"
+        assert main(["--model", NAME, "--weights", str(weights), "--image",
+                     str(files / "scene.png"), "--box", "10,10,60,50", "--out",
+                     str(tmp_path / "x.png"), "--masks-out", str(masks)]) == 0
+        with np.load(masks) as z:
+            outs.append((z["masks"], z["scores"]))
+    np.testing.assert_array_equal(outs[0][0], outs[1][0])
+    np.testing.assert_array_equal(outs[0][1], outs[1][1])
