@@ -1,9 +1,12 @@
-"""`python -m evit_jax.build_native [--status]`: (re)build the C++ kernels in place, or
-report whether they are loaded (see `evit_jax.native`)."""
+"""`python -m evit_jax.build_native [--status]`: (re)build the C++ kernels ahead of first
+use, or report whether they load (see `evit_jax.native`). The build replaces the library in
+the package when there is one there (built by `pip install`), else fills the build cache."""
 
 from __future__ import annotations
 
+import importlib.machinery
 import sys
+from pathlib import Path
 
 from evit_jax import native
 
@@ -17,7 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv:
         print("usage: python -m evit_jax.build_native [--status]", file=sys.stderr)
         return 2
-    print(native.build())
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    in_pkg = Path(native.__file__).parent / f"_native{suffix}"
+    print(native.build(in_pkg if in_pkg.exists() else None))
     return 0
 
 

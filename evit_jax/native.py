@@ -1,21 +1,34 @@
 """The optional C++ kernels (XLA FFI custom calls for the CPU backend).
 
-`pip install .` / `pip install -e .` compiles `evit_jax/csrc/*.cc` into
-`evit_jax/_native*.so` when a C++17 compiler is present (`make native` or
-`python -m evit_jax.build_native` does it later, in place). Without the library every op
-falls back to its pure-JAX formulation, so nothing but speed depends on it.
+Where the library comes from, first found wins:
 
-`available()` says whether the kernels are loaded; `why_unavailable()` says why not.
+1. `evit_jax/_native*.so`, compiled by `pip install` (setup.py) when a C++17 compiler is
+   present, if it is not older than the sources (an editable checkout after a `git pull`);
+2. a build cache, `$EVIT_CACHE_DIR` or `~/.cache/evit_jax`, one file per hash of the
+   sources, flags and jaxlib version: on first use the kernels are compiled there (~1 min,
+   once), so a fresh clone gets them without any step of its own.
+
+Without a compiler or the XLA FFI headers every op falls back to its pure-JAX formulation
+(one warning line says why), so nothing but speed depends on the library. `EVIT_NATIVE=0`
+turns it off; `EVIT_NATIVE_BUILD=0` forbids building at first use.
+`available()` says whether the kernels are loaded; `why_unavailable()` says why not;
+`python -m evit_jax.build_native` builds (or rebuilds) them ahead of use.
 """
 
 from __future__ import annotations
 
 import ctypes
 import glob
+import hashlib
 import importlib.machinery
+import importlib.metadata
 import importlib.util
 import os
+import shutil
 import subprocess
+import sys
+import time
+import warnings
 from pathlib import Path
 
 import jax
@@ -31,12 +44,58 @@ _state: dict = {"loaded": None, "error": None}
 
 
 def library_path() -> Path | None:
-    """The built library inside the package, if any."""
+    """The library built inside the package at install, if any and not older than the
+    sources (a stale one would register kernels with other signatures)."""
+    newest = max((os.path.getmtime(p) for p in _sources()), default=0.0)
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        hits = glob.glob(str(_PKG / f"_native{suffix}"))
-        if hits:
-            return Path(hits[0])
+        for hit in glob.glob(str(_PKG / f"_native{suffix}")):
+            if os.path.getmtime(hit) >= newest:
+                return Path(hit)
     return None
+
+
+def _sources() -> list[Path]:
+    return sorted((_PKG / "csrc").glob("*.cc")) + sorted((_PKG / "csrc").glob("*.h"))
+
+
+def cache_path() -> Path:
+    """Where the first-use build goes: one file per (sources, flags, jaxlib, Python ABI)."""
+    h = hashlib.sha256()
+    for p in _sources():
+        h.update(p.name.encode() + b"\0" + p.read_bytes())
+    try:
+        jaxlib = importlib.metadata.version("jaxlib")
+    except importlib.metadata.PackageNotFoundError:
+        jaxlib = "?"
+    h.update(" ".join([*CXXFLAGS, os.environ.get("EVIT_CXXFLAGS", ""), jaxlib,
+                       sys.implementation.cache_tag]).encode())
+    root = os.environ.get("EVIT_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "evit_jax")
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    return Path(root) / f"_native-{h.hexdigest()[:16]}{suffix}"
+
+
+def _find_or_build() -> Path:
+    """The library to load, compiling it into the cache on first use. Raises with a reason."""
+    path = library_path()
+    if path is not None:
+        return path
+    cached = cache_path()
+    if cached.exists():
+        return cached
+    if os.environ.get("EVIT_NATIVE_BUILD", "1") == "0":
+        raise RuntimeError("not built and EVIT_NATIVE_BUILD=0 forbids building at first use")
+    cxx = os.environ.get("CXX", "g++")
+    if shutil.which(cxx) is None:
+        raise RuntimeError(f"no C++ compiler ({cxx!r} not found; set CXX)")
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    print(f"evit_jax: compiling the native depthwise kernels into {cached} (once)...",
+          file=sys.stderr, flush=True)
+    build(cached, cxx)
+    print(f"evit_jax: native kernels built in {time.perf_counter() - t0:.0f} s",
+          file=sys.stderr, flush=True)
+    return cached
 
 
 def include_dir() -> str:
@@ -54,21 +113,36 @@ def _load() -> bool:
     if os.environ.get("EVIT_NATIVE", "1") == "0":
         _state["error"] = "disabled by EVIT_NATIVE=0"
         return False
-    path = library_path()
-    if path is None:
-        _state["error"] = ("evit_jax/_native*.so is not built (no compiler at install time?); "
-                           "run `python -m evit_jax.build_native` or `make native`")
+    try:
+        path = _find_or_build()
+    except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
+        _state["error"] = f"native kernels unavailable ({_first_line(e)})"
+        _warn(_state["error"])
         return False
     try:
         lib = ctypes.CDLL(str(path))
         for target, symbol in TARGETS:
             jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)),
                                         platform="cpu")
-    except (OSError, AttributeError) as e:  # stale or foreign build
-        _state["error"] = f"cannot load {path}: {e}; rebuild with `python -m evit_jax.build_native`"
+    except (OSError, AttributeError) as e:  # foreign or damaged build
+        _state["error"] = (f"cannot load {path}: {_first_line(e)}; rebuild with "
+                           "`python -m evit_jax.build_native`")
+        _warn(_state["error"])
         return False
     _state["loaded"] = True
     return True
+
+
+def _first_line(e: BaseException) -> str:
+    if isinstance(e, subprocess.CalledProcessError):
+        err = (e.stderr or "").strip().splitlines()
+        return f"compiler failed: {err[0] if err else e}"
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _warn(message: str) -> None:
+    warnings.warn(f"evit_jax: {message}; using the pure-JAX depthwise convolution (slower "
+                  "on CPU)", RuntimeWarning, stacklevel=4)
 
 
 def available() -> bool:
@@ -82,15 +156,19 @@ def why_unavailable() -> str | None:
 
 
 def build(out: str | os.PathLike | None = None, cxx: str | None = None) -> Path:
-    """Compile the kernels into the package directory (or `out`) and return the path.
+    """Compile the kernels into the build cache (or `out`) and return the path.
 
     Uses `$CXX` (default `g++`) with `$EVIT_CXXFLAGS` appended to the standard flags.
     """
-    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
-    target = Path(out) if out else _PKG / f"_native{suffix}"
+    target = Path(out) if out else cache_path()
+    tmp = f"{target}.{os.getpid()}.tmp"  # per process: parallel first uses do not collide
     cmd = [cxx or os.environ.get("CXX", "g++"), *CXXFLAGS,
            *os.environ.get("EVIT_CXXFLAGS", "").split(), "-shared", "-isystem", include_dir(),
-           *SOURCES, "-o", str(target) + ".tmp"]
-    subprocess.run(cmd, check=True)
-    os.replace(str(target) + ".tmp", target)  # atomic: a half-written library never loads
+           *SOURCES, "-o", tmp]
+    try:
+        subprocess.run(cmd, check=True, capture_output=True, text=True)
+        os.replace(tmp, target)  # atomic: a half-written library never loads
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return target
