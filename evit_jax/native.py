@@ -141,8 +141,9 @@ def _first_line(e: BaseException) -> str:
 
 
 def _warn(message: str) -> None:
-    warnings.warn(f"evit_jax: {message}; using the pure-JAX depthwise convolution (slower "
-                  "on CPU)", RuntimeWarning, stacklevel=4)
+    # warn_explicit with a non-file location: one line, no source line echoed under it.
+    warnings.warn_explicit(f"{message}; using the pure-JAX depthwise convolution (slower on "
+                           "CPU)", RuntimeWarning, "evit_jax.native", 0)
 
 
 def available() -> bool:
