@@ -9,28 +9,58 @@ import pytest
 
 import evit_jax
 from evit_jax.bench import count_macs, make_program, measure
-from evit_jax.bench.cli import expand_models, format_table, main, parse_resolution
+from evit_jax.bench.cli import (
+    build_parser,
+    cases,
+    expand_models,
+    format_table,
+    main,
+    parse_resolution,
+)
 from evit_jax.bench.compare import TARGETS, Case, format_rows, parse_case, parse_env, summarise
 from evit_jax.bench.macs import count_program_macs
-from evit_jax.bench.programs import parts_of
+from evit_jax.bench.programs import default_resolution, parts_of
 from evit_jax.zoo import abstract_variables
 
 
-def _architectures() -> list:
-    """One zoo name per distinct architecture in the default run; the aliases (timm names,
-    resolution tags: same modules, other checkpoints) with -m slow."""
-    seen, out = set(), []
+def _family(spec) -> tuple:
+    """(task, backbone family `b` / `l` / `xl`)."""
+    return spec.task, str(spec.backbone).rstrip("0123456789")
+
+
+def _traced() -> list:
+    """One zoo name per family in the default run (sizes of a family run the same code with
+    other widths and depths); every other distinct architecture with -m slow."""
+    seen_fam, seen_arch, out = set(), set(), []
     for name in evit_jax.list_models():
         spec = evit_jax.model_info(name)
-        key = (spec.task, spec.backbone, spec.head)
-        out.append(name if key not in seen else pytest.param(name, marks=pytest.mark.slow))
-        seen.add(key)
+        arch, fam = (spec.task, spec.backbone, spec.head), _family(spec)
+        if arch in seen_arch:
+            continue
+        seen_arch.add(arch)
+        out.append(name if fam not in seen_fam else pytest.param(name, marks=pytest.mark.slow))
+        seen_fam.add(fam)
     return out
 
 
-@pytest.mark.parametrize("name", _architectures())
+def test_every_zoo_name_has_bench_cases():
+    # Untraced, all names: `evit-bench --model all` expands to a case per name and part at
+    # the entry's resolution, and every part builds a program (shapes only, cheap).
+    args = build_parser().parse_args(["--model", "all", "--batch", "1", "2"])
+    todo = cases(args)
+    names = evit_jax.list_models()
+    assert {c[0] for c in todo} == set(names)
+    for name in names:
+        parts = parts_of(name)
+        assert parts == (("encoder", "decoder", "e2e") if evit_jax.model_info(name).task ==
+                         "sam" else ("model",))
+        assert len([c for c in todo if c[0] == name]) == 2 * len(parts)
+        assert min(default_resolution(name)) >= 64
+
+
+@pytest.mark.parametrize("name", _traced())
 def test_every_zoo_model_has_a_program(name):
-    # A trace only (no compile): every name and part builds, types, and does some work.
+    # A trace only (no compile): every part builds, types, and does some work.
     model = evit_jax.create_model(name)
     shapes = abstract_variables(model)
     for part in parts_of(name):

@@ -55,6 +55,7 @@ def test_cli_from_a_variables_directory(tmp_path, capsys):
     assert "holds variables of efficientvit-b0" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # 30 s: the 512x512 encoder; the export path is the same as above
 @pytest.mark.skipif("efficientvit-sam-l0" not in MODELS, reason="no SAM in the zoo yet")
 def test_sam_encoder_round_trip(tmp_path):
     name = "efficientvit-sam-l0"
