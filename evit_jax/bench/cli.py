@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch", nargs="+", type=int, default=[1],
                     help="batch sizes (SAM decoder: prompts per image)")
     ap.add_argument("--resolution", nargs="+", type=parse_resolution, default=None,
-                    help="224 or HxW; default each model's evaluation resolution")
+                    help="224 or HxW; default each model's evaluation resolution "
+                         "(SAM: always its encoder size)")
     ap.add_argument("--dtype", nargs="+", choices=sorted(DTYPES), default=["float32"])
     ap.add_argument("--part", nargs="+", default=None,
                     help="SAM parts: encoder decoder e2e (default all); ignored otherwise")
@@ -73,12 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cases(args: argparse.Namespace) -> list[tuple]:
+    """(name, part, batch, resolution, dtype) of every case. SAM models take their fixed
+    encoder size whatever `--resolution` says (so `--model all --resolution 64` works)."""
     out = []
     for name in expand_models(args.model):
         parts = parts_of(name)
         chosen = [p for p in (args.part or parts) if p in parts] or [parts[0]]
+        sam = parts != ("model",)
         for part in chosen:
-            for res in args.resolution or [None]:
+            for res in ([None] if sam else args.resolution or [None]):
                 for dtype in args.dtype:
                     for batch in args.batch:
                         out.append((name, part, batch, res, dtype))
