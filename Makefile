@@ -36,7 +36,7 @@ REF ?= /tmp/evit-ref
 
 .PHONY: native bench compare-targets
 
-native: $(STAMP)  ## (re)build the C++ XLA:CPU kernels in place (pip install -e . does it too)
+native: $(STAMP)  ## (re)build the C++ XLA:CPU kernels now (pip install -e . or the first use does it too)
 	$(PY) -m evit_jax.build_native
 
 bench: $(STAMP)  ## latency, throughput, MACs, memory of the speed-target models
