@@ -30,3 +30,17 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+# --- speed (docs/speed.md) ---------------------------------------------------------------
+REF ?= /tmp/evit-ref
+
+.PHONY: native bench compare-targets
+
+native: $(STAMP)  ## (re)build the C++ XLA:CPU kernels now (pip install -e . or the first use does it too)
+	$(PY) -m evit_jax.build_native
+
+bench: $(STAMP)  ## latency, throughput, MACs, memory of the speed-target models
+	$(PY) -m evit_jax.bench --model efficientvit-b1 --batch 1 8 --resolution 224
+
+compare-targets: $(STAMP)  ## the speed table: evit-jax vs the reference PyTorch (setup.sh in REF)
+	$(PY) -m evit_jax.bench.compare --ref $(REF) --targets --markdown

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from evit_jax.nn.conv import ConvLayer
+from evit_jax.nn.depthwise import NATIVE_ACTS
 
 Array = jax.Array
 
@@ -71,10 +72,20 @@ class MBConv(nn.Module):
     def __call__(self, x: Array, train: bool = False) -> Array:
         out = self.features or x.shape[-1]
         mid = self.mid_channels or round(x.shape[-1] * self.expand_ratio)
-        x = ConvLayer(mid, 1, 1, 1, self.use_bias[0], self.norm[0], self.act[0],
-                      self.norm_eps, dtype=self.dtype, name="inverted_conv")(x, train)
-        x = ConvLayer(mid, self.kernel_size, self.stride, mid, self.use_bias[1], self.norm[1],
-                      self.act[1], self.norm_eps, dtype=self.dtype, name="depth_conv")(x, train)
+        inverted = ConvLayer(mid, 1, 1, 1, self.use_bias[0], self.norm[0], self.act[0],
+                             self.norm_eps, dtype=self.dtype, name="inverted_conv")
+        depth = ConvLayer(mid, self.kernel_size, self.stride, mid, self.use_bias[1],
+                          self.norm[1], self.act[1], self.norm_eps, dtype=self.dtype,
+                          name="depth_conv")
+        if not train and not self.is_initializing() and depth.fuses_epilogue(mid) \
+                and self.norm[0] in ("bn2d", None) and self.act[0] in NATIVE_ACTS:
+            # Inference on the native kernel: the expansion's BatchNorm and activation are
+            # applied by the depthwise kernel as it reads, so the widest tensor of the block
+            # is written once (by the 1x1 conv) instead of three times.
+            z, a, b, act = inverted(x, defer=True)
+            x = depth(z, prologue=(a, b, act))
+        else:
+            x = depth(inverted(x, train), train)
         return ConvLayer(out, 1, 1, 1, self.use_bias[2], self.norm[2], self.act[2],
                          self.norm_eps, self.zero_init_last, self.dtype,
                          name="point_conv")(x, train)

@@ -14,9 +14,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from evit_jax.nn.act import get_act
-from evit_jax.nn.depthwise import depthwise_conv2d
+from evit_jax.nn.depthwise import NATIVE_ACTS, default_impl, depthwise_conv2d
 from evit_jax.nn.init import TRUNC_NORMAL_002, ZEROS, Init, declare_param
-from evit_jax.nn.norm import make_norm
+from evit_jax.nn.norm import bn_affine, make_norm
 
 Array = jax.Array
 
@@ -28,6 +28,9 @@ class Conv2d(nn.Module):
     Dispatches to the cheapest exact formulation: a matmul for 1x1 (grouped ones included:
     XLA:CPU's grouped convolutions are slow), `depthwise_conv2d` when groups == C_in ==
     C_out, and `lax.conv_general_dilated` otherwise.
+
+    A `bias` in the variables is used even when `use_bias` is False: that is how
+    BatchNorm-folded variables (`evit_jax.fuse_bn`) carry the folded shift.
     """
 
     features: int
@@ -38,16 +41,39 @@ class Conv2d(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, scale: Array | None = None, shift: Array | None = None,
+                 act: str | None = None, prologue: tuple | None = None,
+                 raw: bool = False) -> Array | tuple[Array, Array | None]:
+        """`[B, H, W, C_in]` -> `act((conv(x) + bias) * scale + shift)` (each part optional).
+
+        `scale`/`shift` `[C_out]` are an inference BatchNorm folded into the kernel on the
+        fly; with them and `act`, a depthwise conv runs as one fused kernel where it can.
+        `prologue` (depthwise only) is passed to `depthwise_conv2d`. `raw=True` returns
+        `(conv(x), bias)` without adding the bias (for a consumer that applies it itself).
+        """
         k, g, cin = self.kernel_size, self.groups, x.shape[-1]
         if cin % g or self.features % g:
             raise ValueError(f"channels {cin}->{self.features} not divisible by groups {g}")
-        kernel = declare_param(self, "kernel", TRUNC_NORMAL_002,
-                               (k, k, cin // g, self.features)).astype(self.dtype)
+        kernel = declare_param(self, "kernel", TRUNC_NORMAL_002, (k, k, cin // g, self.features))
+        bias = None
+        if self.use_bias or self.has_variable("params", "bias"):
+            bias = declare_param(self, "bias", ZEROS, (self.features,))
+        if scale is not None:  # fold: (conv(x, K) + c) * a + b == conv(x, K * a) + (c * a + b)
+            kernel = kernel * scale
+            bias = shift if bias is None else bias * scale + shift
+        kernel = kernel.astype(self.dtype)
         x = x.astype(self.dtype)
         # Accumulate in float32 and return float32: under bf16 compute the caller (ConvLayer)
         # rounds once, after norm and activation, instead of after every op.
         f32 = jnp.float32
+        if g == cin == self.features and not (k == 1 and self.stride == 1):
+            if raw:
+                return depthwise_conv2d(x, kernel, self.stride, k // 2).astype(f32), bias
+            y = depthwise_conv2d(x, kernel, self.stride, k // 2, bias=bias, act=act,
+                                 prologue=prologue)
+            return y.astype(f32)
+        if prologue is not None:
+            raise ValueError("a prologue is only fused into depthwise convolutions")
         if k == 1 and self.stride == 1:
             if g == 1:
                 y = jnp.einsum("bhwi,io->bhwo", x, kernel[0, 0], preferred_element_type=f32)
@@ -56,17 +82,17 @@ class Conv2d(nn.Module):
                 wg = kernel[0, 0].reshape(cin // g, g, self.features // g)
                 y = jnp.einsum("bhwgi,igo->bhwgo", xg, wg, preferred_element_type=f32)
                 y = y.reshape(*x.shape[:-1], self.features)
-        elif g == cin == self.features:
-            y = depthwise_conv2d(x, kernel, self.stride, k // 2).astype(f32)
         else:
             p = k // 2
             y = lax.conv_general_dilated(
                 x, kernel, (self.stride, self.stride), ((p, p), (p, p)),
                 dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=g,
                 preferred_element_type=f32)
-        if self.use_bias:
-            y = y + declare_param(self, "bias", ZEROS, (self.features,))
-        return y
+        if raw:
+            return y, bias
+        if bias is not None:
+            y = y + bias
+        return get_act(act)(y)
 
 
 class Dense(nn.Module):
@@ -114,13 +140,54 @@ class ConvLayer(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, train: bool = False) -> Array:
-        x = Conv2d(self.features, self.kernel_size, self.stride, self.groups, self.use_bias,
-                   self.dtype, name="conv")(x)
-        norm = make_norm(self.norm, self.norm_eps, self.dtype, self.zero_init_norm)
-        if norm is not None:
-            x = norm(x, train)
+    def __call__(self, x: Array, train: bool = False, prologue: tuple | None = None,
+                 defer: bool = False) -> Array | tuple:
+        """`[B, H, W, C_in]` -> `[B, H', W', features]`.
+
+        Inference-only options for the fused inverted bottleneck (see `MBConv`):
+        `defer=True` returns `(z, scale, shift, act)` with z the bare convolution, leaving
+        `act(z * scale + shift)` (bias, BatchNorm and activation) to the consumer;
+        `prologue=(scale, shift, act)` is such a deferred epilogue of the layer before,
+        applied by this (depthwise) layer as it reads its input.
+        """
+        conv = Conv2d(self.features, self.kernel_size, self.stride, self.groups, self.use_bias,
+                      self.dtype, name="conv")
+        folded = (self.norm == "bn2d" and not self.is_initializing()
+                  and "norm" not in self.variables.get("params", {}))  # by fuse_bn
+        if folded and train:
+            raise ValueError("these variables have BatchNorm folded into the convs "
+                             "(evit_jax.fuse_bn): inference only; train with the unfolded "
+                             "variables")
+        affine = None  # inference BatchNorm as (a, b), read off the variables
+        if not train and self.norm == "bn2d" and not folded and not self.is_initializing():
+            p = self.variables["params"]["norm"]
+            s = self.variables["batch_stats"]["norm"]
+            affine = bn_affine(p["scale"], p["bias"], s["mean"], s["var"], self.norm_eps)
+        if defer:
+            if train or self.norm not in ("bn2d", None):
+                raise ValueError("defer=True is for inference with bn2d or no norm")
+            z, bias = conv(x, raw=True)
+            a, b = affine if affine is not None else (jnp.ones((self.features,)), 0.0)
+            b = b if bias is None else bias * a + b
+            return z, a, jnp.broadcast_to(b, (self.features,)), self.act
+        if folded or self.norm is None:
+            return conv(x, act=self.act, prologue=prologue).astype(self.dtype)
+        if affine is not None and (prologue is not None or self.fuses_epilogue(x.shape[-1])):
+            # Inference depthwise conv: fold BN on the fly so that conv, BN and the
+            # activation run as one pass of the native kernel.
+            a, b = affine
+            return conv(x, scale=a, shift=b, act=self.act, prologue=prologue).astype(self.dtype)
+        if prologue is not None:
+            raise ValueError("a prologue needs an inference depthwise ConvLayer")
+        x = conv(x)
+        x = make_norm(self.norm, self.norm_eps, self.dtype, self.zero_init_norm)(x, train)
         return get_act(self.act)(x).astype(self.dtype)
+
+    def fuses_epilogue(self, cin: int) -> bool:
+        """Whether, in inference, this layer runs as one native depthwise kernel."""
+        return (self.groups == cin == self.features and self.kernel_size > 1
+                and default_impl() == "native" and self.norm in ("bn2d", None)
+                and self.act in NATIVE_ACTS)
 
 
 class LinearLayer(nn.Module):

@@ -3,21 +3,35 @@
 Every MBConv, DSConv and the multi-scale aggregation of LiteMLA run a depthwise conv, and
 XLA:CPU's grouped convolution (`feature_group_count=C`) is ~20x slower than PyTorch's for it.
 All callers go through `depthwise_conv2d`, so a faster formulation reaches inference and
-training alike. Implementations are selected by name (`set_depthwise_impl`, or the
-`EVIT_DEPTHWISE` environment variable); each must match `lax` forward and gradient.
+training alike. Implementations, selected by name (`set_depthwise_impl`, or the
+`EVIT_DEPTHWISE` environment variable), all match `lax` forward and gradient:
+
+- `lax`: XLA's grouped convolution (the default off CPU).
+- `shift_add`: k*k shifted, per-channel-scaled slices summed; pure JAX, fuses well.
+- `native`: the C++ kernels of `evit_jax.native` (XLA:CPU custom calls, float32 math, with
+  their own backward pass); the CPU default when the library is built.
+- `portable`: `shift_add` on CPU and `lax` elsewhere, picked at lowering time (`jax.export`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
+
+from evit_jax import native
+from evit_jax.nn.act import get_act
 
 Array = jax.Array
 DepthwiseFn = Callable[[Array, Array, int, int], Array]
+# Activations the native forward applies in its epilogue (the kernel's `act` codes).
+NATIVE_ACTS = {None: 0, "relu": 1, "relu6": 2, "hswish": 3, "gelu": 4}
 
 
 def depthwise_lax(x: Array, kernel: Array, stride: int, padding: int) -> Array:
@@ -47,7 +61,98 @@ def depthwise_shift_add(x: Array, kernel: Array, stride: int, padding: int) -> A
     return out
 
 
-IMPLS: dict[str, DepthwiseFn] = {"lax": depthwise_lax, "shift_add": depthwise_shift_add}
+def depthwise_portable(x: Array, kernel: Array, stride: int, padding: int) -> Array:
+    """`shift_add` on CPU, `lax` elsewhere, chosen when the program is lowered: for
+    `jax.export` artifacts, which may not contain the native custom calls."""
+    return lax.platform_dependent(
+        x, kernel, cpu=lambda x, k: depthwise_shift_add(x, k, stride, padding),
+        default=lambda x, k: depthwise_lax(x, k, stride, padding))
+
+
+# ----------------------------------------------------------------------------- native (FFI)
+def _out_size(n: int, k: int, stride: int, padding: int) -> int:
+    return (n + 2 * padding - k) // stride + 1
+
+
+def _ffi_fwd(x, kernel, bias, in_scale, in_shift, stride, padding, act, in_act):
+    b, h, w, c = x.shape
+    k = kernel.shape[0]
+    out = jax.ShapeDtypeStruct((b, _out_size(h, k, stride, padding),
+                                _out_size(w, k, stride, padding), c), jnp.float32)
+    return jax.ffi.ffi_call("evit_dw_fwd", out, vmap_method="sequential")(
+        x, kernel.reshape(k, k, c), bias, in_scale, in_shift, stride=np.int64(stride),
+        pad=np.int64(padding), act=np.int64(NATIVE_ACTS[act]),
+        in_act=np.int64(-1 if in_act is False else NATIVE_ACTS[in_act]))
+
+
+def _prologue(x, in_scale, in_shift, in_act):
+    return get_act(in_act)(x * in_scale + in_shift)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
+def _native(x, kernel, bias, in_scale, in_shift, stride, padding, act, in_act):
+    return _ffi_fwd(x, kernel, bias, in_scale, in_shift, stride, padding, act, in_act)
+
+
+def _native_fwd(x, kernel, bias, in_scale, in_shift, stride, padding, act, in_act):
+    y = _ffi_fwd(x, kernel, bias, in_scale, in_shift, stride, padding, act, in_act)
+    return y, (x, kernel, bias, in_scale, in_shift)
+
+
+def _native_bwd(stride, padding, act, in_act, res, g):
+    # Intermediate values are recomputed rather than kept alive; the pure-JAX prologue and
+    # activation supply their own derivatives.
+    x, kernel, bias, in_scale, in_shift = res
+    one, zero = jnp.ones_like(bias), jnp.zeros_like(bias)
+    u, pro_vjp = x, None
+    if in_act is not False:
+        u, pro_vjp = jax.vjp(lambda x, a, b: _prologue(x, a, b, in_act), x, in_scale, in_shift)
+    if act is not None:
+        z = _ffi_fwd(u, kernel, bias, one, zero, stride, padding, None, False)
+        g = jax.vjp(get_act(act), z)[1](g)[0]
+    k, c = kernel.shape[0], x.shape[-1]
+    du = jax.ffi.ffi_call("evit_dw_bwd_input", jax.ShapeDtypeStruct(x.shape, jnp.float32),
+                          vmap_method="sequential")(
+        g, kernel.reshape(k, k, c), stride=np.int64(stride), pad=np.int64(padding))
+    dk = jax.ffi.ffi_call("evit_dw_bwd_kernel", jax.ShapeDtypeStruct((k, k, 1, c), jnp.float32),
+                          vmap_method="sequential")(
+        u, g, stride=np.int64(stride), pad=np.int64(padding))
+    if pro_vjp is None:
+        return du, dk, g.sum((0, 1, 2)), zero, zero
+    dx, da, db = pro_vjp(du)
+    return dx, dk, g.sum((0, 1, 2)), da, db
+
+
+_native.defvjp(_native_fwd, _native_bwd)
+
+
+def depthwise_native(x: Array, kernel: Array, stride: int, padding: int,
+                     bias: Array | None = None, act: str | None = None,
+                     prologue: tuple[Array, Array, str | None] | None = None) -> Array:
+    """The C++ kernel, computed in float32 (x's dtype in and out).
+
+    Computes `act(conv(p(x)) + bias)` in one pass, with `p(x) = in_act(x * in_scale +
+    in_shift)` for `prologue=(in_scale, in_shift, in_act)` (the BatchNorm and activation
+    of the layer before, so that its output is never written to memory) and `p(x) = x`
+    otherwise; `act` and `in_act` must be in `NATIVE_ACTS`.
+    """
+    if not native.available():
+        raise RuntimeError(f"native depthwise kernel unavailable: {native.why_unavailable()}")
+    if kernel.shape[0] > 32:
+        raise ValueError(f"native depthwise supports kernels up to 32, got {kernel.shape[0]}")
+    f32, c = jnp.float32, x.shape[-1]
+    b = jnp.zeros((c,), f32) if bias is None else bias.astype(f32)
+    if prologue is None:
+        a, s, in_act = jnp.ones((c,), f32), jnp.zeros((c,), f32), False
+    else:
+        a, s, in_act = prologue
+        a, s = jnp.broadcast_to(a, (c,)).astype(f32), jnp.broadcast_to(s, (c,)).astype(f32)
+    y = _native(x.astype(f32), kernel.astype(f32), b, a, s, stride, padding, act, in_act)
+    return y.astype(x.dtype)
+
+
+IMPLS: dict[str, DepthwiseFn] = {"lax": depthwise_lax, "shift_add": depthwise_shift_add,
+                                 "native": depthwise_native, "portable": depthwise_portable}
 _impl: str | None = os.environ.get("EVIT_DEPTHWISE") or None
 
 
@@ -59,15 +164,34 @@ def set_depthwise_impl(name: str | None) -> None:
     _impl = name
 
 
+@contextlib.contextmanager
+def depthwise_impl(name: str | None) -> Iterator[None]:
+    """`with depthwise_impl("lax"): ...` traces the block with that implementation."""
+    global _impl
+    old = _impl
+    set_depthwise_impl(name)
+    try:
+        yield
+    finally:
+        _impl = old
+
+
 def default_impl() -> str:
+    """`set_depthwise_impl`'s choice, else `native` (CPU, library built), `shift_add` (CPU),
+    `lax` (GPU/TPU, whose convolution libraries handle depthwise well)."""
     if _impl is not None:
         return _impl
-    return "shift_add" if jax.default_backend() == "cpu" else "lax"
+    if jax.default_backend() != "cpu":
+        return "lax"
+    return "native" if native.available() else "shift_add"
 
 
 def depthwise_conv2d(x: Array, kernel: Array, stride: int = 1, padding: int | None = None,
-                     impl: str | None = None) -> Array:
-    """Depthwise conv with symmetric zero padding, as PyTorch's `Conv2d(groups=C)`.
+                     impl: str | None = None, bias: Array | None = None,
+                     act: str | None = None,
+                     prologue: tuple[Array, Array, str | None] | None = None) -> Array:
+    """Depthwise conv with symmetric zero padding, as PyTorch's `Conv2d(groups=C)`, then
+    optionally `act(y + bias)` (fused into the kernel where the implementation can).
 
     Args:
       x: `[B, H, W, C]`.
@@ -75,11 +199,26 @@ def depthwise_conv2d(x: Array, kernel: Array, stride: int = 1, padding: int | No
       stride: spatial stride.
       padding: pixels of zero padding on every side (default `k // 2`).
       impl: implementation name (default: `set_depthwise_impl` / per backend).
+      bias: `[C]` added after the convolution.
+      act: activation name (`evit_jax.nn.act`) applied last.
+      prologue: `(scale, shift, act)` applied to x first, `act(x * scale + shift)`: the
+        inference BatchNorm and activation of the layer before (fused on read by `native`).
     Returns:
       `[B, H', W', C]`.
     """
-    if kernel.shape[2] != 1 or kernel.shape[3] != x.shape[-1]:
+    if kernel.ndim != 4 or kernel.shape[2] != 1 or kernel.shape[3] != x.shape[-1]:
         raise ValueError(f"depthwise kernel {kernel.shape} does not fit input {x.shape}")
     if padding is None:
         padding = kernel.shape[0] // 2
-    return IMPLS[impl or default_impl()](x, kernel, stride, padding)
+    impl = impl or default_impl()
+    if prologue is not None and (impl != "native" or prologue[2] not in NATIVE_ACTS):
+        x = _prologue(x, *prologue).astype(x.dtype)
+        prologue = None
+    if impl == "native":  # bias and the activations it knows run in the kernel's epilogue
+        fused = act if act in NATIVE_ACTS else None
+        y = depthwise_native(x, kernel, stride, padding, bias, fused, prologue)
+        return y if fused == act else get_act(act)(y)
+    y = IMPLS[impl](x, kernel, stride, padding)
+    if bias is not None:
+        y = y + bias.astype(y.dtype)
+    return get_act(act)(y)

@@ -18,6 +18,13 @@ from evit_jax.nn.init import ONES, ZEROS, declare_param, declare_stat
 Array = jax.Array
 
 
+def bn_affine(scale: Array, bias: Array, mean: Array, var: Array,
+              eps: float) -> tuple[Array, Array]:
+    """Inference BatchNorm as one multiply-add `y = x * a + b`; returns `(a, b)`, `[C]` each."""
+    a = scale * jax.lax.rsqrt(var + eps)
+    return a, bias - mean * a
+
+
 class BatchNorm2d(nn.Module):
     """BatchNorm over the channel (last) axis, PyTorch semantics.
 
@@ -57,8 +64,7 @@ class BatchNorm2d(nn.Module):
         else:
             mean, var = ra_mean.value, ra_var.value
         # One multiply-add per element: y = x * a + b.
-        a = scale * jax.lax.rsqrt(var + self.eps)
-        b = bias - mean * a
+        a, b = bn_affine(scale, bias, mean, var, self.eps)
         # Computed in float32, returned in the input's dtype (float32 from a conv).
         return (x.astype(jnp.float32) * a + b).astype(x.dtype)
 

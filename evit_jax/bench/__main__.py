@@ -1,0 +1,3 @@
+from evit_jax.bench.cli import main
+
+raise SystemExit(main())

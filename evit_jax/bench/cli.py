@@ -1,0 +1,149 @@
+"""`evit-bench` / `python -m evit_jax.bench`: latency, throughput, FLOPs and memory of zoo
+models on whatever backend JAX has.
+
+  evit-bench --model efficientvit-b1 --batch 1 8 --resolution 224
+  evit-bench --model '*seg*' --dtype float32 bfloat16 --json seg.json
+  evit-bench --model efficientvit-sam-l0 --part encoder decoder e2e
+  evit-bench --vs-reference /tmp/evit-ref --targets     (side by side with PyTorch; see
+                                                         `python -m evit_jax.bench.compare -h`)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from evit_jax.bench.measure import Result, measure
+from evit_jax.bench.programs import DTYPES, make_program, parts_of
+from evit_jax.zoo import list_models
+
+
+def parse_resolution(text: str) -> tuple[int, int]:
+    """`224` -> (224, 224); `512x1024` -> (512, 1024)."""
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) <= 0:
+        raise argparse.ArgumentTypeError(f"resolution must look like 224 or 512x1024, got {text!r}")
+    return parts[0], parts[1]
+
+
+def expand_models(patterns: list[str]) -> list[str]:
+    """Zoo names from names or shell patterns (`all`, `*seg*`), in the given order."""
+    names: list[str] = []
+    for p in patterns:
+        hits = list_models() if p == "all" else list_models(p) if any(c in p for c in "*?[") \
+            else [p]
+        if not hits:
+            raise SystemExit(f"evit-bench: no zoo model matches {p!r} (see evit_jax.list_models())")
+        names += [n for n in hits if n not in names]
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="evit-bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", nargs="+", default=["efficientvit-b1"],
+                    help="zoo names or shell patterns ('all', '*seg*')")
+    ap.add_argument("--batch", nargs="+", type=int, default=[1],
+                    help="batch sizes (SAM decoder: prompts per image)")
+    ap.add_argument("--resolution", nargs="+", type=parse_resolution, default=None,
+                    help="224 or HxW; default each model's evaluation resolution "
+                         "(SAM: always its encoder size)")
+    ap.add_argument("--dtype", nargs="+", choices=sorted(DTYPES), default=["float32"])
+    ap.add_argument("--part", nargs="+", default=None,
+                    help="SAM parts: encoder decoder e2e (default all); ignored otherwise")
+    ap.add_argument("--iters", type=int, default=20, help="timed calls per case")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed calls before timing")
+    ap.add_argument("--max-seconds", type=float, default=30.0,
+                    help="stop timing a case after this long (at least 3 calls)")
+    ap.add_argument("--fuse-bn", action="store_true", help="fold BatchNorm into the convs")
+    ap.add_argument("--depthwise", choices=["lax", "shift_add", "native"], default=None,
+                    help="depthwise conv implementation (default: best for the backend)")
+    ap.add_argument("--json", metavar="PATH", help="also write the rows as JSON ('-': stdout)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ap.add_argument("--vs-reference", metavar="DIR",
+                    help="time against the reference PyTorch set up in DIR (setup.sh) instead; "
+                         "the other options go to evit_jax.bench.compare")
+    return ap
+
+
+def cases(args: argparse.Namespace) -> list[tuple]:
+    """(name, part, batch, resolution, dtype) of every case. SAM models take their fixed
+    encoder size whatever `--resolution` says (so `--model all --resolution 64` works)."""
+    out = []
+    for name in expand_models(args.model):
+        parts = parts_of(name)
+        chosen = [p for p in (args.part or parts) if p in parts] or [parts[0]]
+        sam = parts != ("model",)
+        for part in chosen:
+            for res in ([None] if sam else args.resolution or [None]):
+                for dtype in args.dtype:
+                    for batch in args.batch:
+                        out.append((name, part, batch, res, dtype))
+    return out
+
+
+def format_table(rows: list[Result]) -> str:
+    """A fixed-width table of results, one line per case."""
+    head = ("model", "part", "batch", "res", "dtype", "compile s", "median ms", "p90 ms",
+            "img/s", "GMACs", "XLA GFLOP", "peak MB", "params M")
+    lines = [head]
+    for r in rows:
+        lines.append((
+            r.model, r.part, str(r.batch), f"{r.resolution[0]}x{r.resolution[1]}", r.dtype,
+            f"{r.compile_s:.1f}", f"{r.median_ms:.2f}", f"{r.p90_ms:.2f}",
+            f"{r.items_per_s:.1f}", f"{r.macs / 1e9:.3f}",
+            "-" if r.xla_flops is None else f"{r.xla_flops / 1e9:.2f}",
+            "-" if r.peak_bytes is None else f"{r.peak_bytes / 2**20:.0f}",
+            f"{r.params / 1e6:.2f}"))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    fmt = lambda line: "  ".join(c.rjust(w) if i > 1 else c.ljust(w)
+                                 for i, (c, w) in enumerate(zip(line, widths)))
+    return "\n".join([fmt(lines[0]), "  ".join("-" * w for w in widths)]
+                     + [fmt(line) for line in lines[1:]])
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args, rest = build_parser().parse_known_args(argv)
+    if args.vs_reference:
+        from evit_jax.bench import compare
+        return compare.main(["--ref", args.vs_reference, *rest])
+    if rest:
+        build_parser().error(f"unrecognized arguments: {' '.join(rest)}")
+    from tqdm.auto import tqdm
+
+    from evit_jax.nn.depthwise import default_impl, set_depthwise_impl
+    if args.depthwise:
+        set_depthwise_impl(args.depthwise)
+    todo = cases(args)
+    rows: list[Result] = []
+    bar = tqdm(todo, desc="evit-bench", unit="case", disable=args.no_progress, file=sys.stderr)
+    for name, part, batch, res, dtype in bar:
+        bar.set_postfix_str(f"{name} {part} b{batch} {dtype}")
+        prog = make_program(name, batch, res, dtype, part, fuse=args.fuse_bn)
+        rows.append(measure(prog, args.iters, args.warmup, args.max_seconds,
+                            depthwise=default_impl(), fused_bn=args.fuse_bn))
+    bar.close()
+    print(format_table(rows))
+    if args.json:
+        text = json.dumps([r.as_dict() for r in rows], indent=1)
+        if args.json == "-":
+            print(text)
+        else:
+            write_atomic(args.json, text + "\n")
+    return 0
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Write `text` to `path` through a temporary file, so a crash never leaves half a file."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)

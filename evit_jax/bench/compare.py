@@ -1,0 +1,276 @@
+"""evit-jax against the reference PyTorch EfficientViT, side by side, in one run.
+
+On a shared, noisy machine only numbers taken together are comparable, so this runs both
+sides at once: one worker process per side (JAX: `evit_jax.bench.worker`; PyTorch eager:
+`evit_jax.bench.ref_worker` on the reference set up by `setup.sh`), each pinned to the same
+CPUs with the same thread count, never running at the same time. Each round asks every side
+for a few timed calls, rotating who goes first; the speedup is the ratio of the medians
+(reference / evit-jax, so > 1 means evit-jax is faster), with its spread over rounds.
+
+  python -m evit_jax.bench.compare --ref /tmp/evit-ref --targets
+  python -m evit_jax.bench.compare --ref /tmp/evit-ref --case efficientvit-b2:256:4
+  evit-bench --vs-reference /tmp/evit-ref --targets --markdown
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from evit_jax.bench.protocol import MARK
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    model: str
+    part: str
+    batch: int
+    height: int
+    width: int
+
+    @property
+    def label(self) -> str:
+        part = "" if self.part == "model" else f" {self.part}"
+        return f"{self.model}{part} {self.height}x{self.width} bs{self.batch}"
+
+
+# The speed targets of the project (float32, same threads as the reference).
+TARGETS = (Case("efficientvit-b1", "model", 1, 224, 224),
+           Case("efficientvit-b1", "model", 8, 224, 224),
+           Case("efficientvit-l1", "model", 8, 224, 224),
+           Case("efficientvit-seg-b1-cityscapes", "model", 1, 512, 1024),
+           Case("efficientvit-sam-l0", "encoder", 1, 512, 512))
+
+
+def parse_case(text: str) -> Case:
+    """`NAME:RES:BATCH` or `NAME:PART:RES:BATCH`, RES `224` or `512x1024`."""
+    fields = text.split(":")
+    if len(fields) not in (3, 4):
+        raise argparse.ArgumentTypeError(
+            f"case {text!r} must be NAME:RES:BATCH or NAME:PART:RES:BATCH "
+            "(e.g. efficientvit-b1:224:8, efficientvit-sam-l0:encoder:512:1)")
+    name, part = fields[0], fields[1] if len(fields) == 4 else None
+    res, batch = fields[-2].lower().split("x"), fields[-1]
+    try:
+        h, w = (int(res[0]), int(res[-1]))
+        b = int(batch)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"case {text!r}: resolution and batch must be integers")\
+            from None
+    if len(res) > 2 or min(h, w, b) <= 0:
+        raise argparse.ArgumentTypeError(f"case {text!r}: bad resolution or batch")
+    if part is None:
+        part = "encoder" if name.startswith("efficientvit-sam") else "model"
+    return Case(name, part, b, h, w)
+
+
+def summarise(times: dict[str, list[list[float]]], baseline: str,
+              cpu: dict[str, list[list[float]]] | None = None) -> dict:
+    """Per-side median/p90 over all calls, and each side's speedup over `baseline`
+    (baseline median / side median) with its range over the rounds.
+
+    `times[side][round]` holds the latencies (ms) of that side's calls in that round;
+    `cpu`, laid out alike, their process CPU times (summarised as `cpu_ms` and `cpu_speedup`:
+    with one thread, a measure that the machine's other load barely moves).
+    """
+    out: dict = {"sides": {}}
+    if cpu:
+        base_cpu = float(np.median(sum(cpu[baseline], [])))
+    base_round = [float(np.median(r)) for r in times[baseline]]
+    base_all = float(np.median(sum(times[baseline], [])))
+    for side, rounds in times.items():
+        flat = sum(rounds, [])
+        med = float(np.median(flat))
+        per_round = [b / float(np.median(r)) for b, r in zip(base_round, rounds)]
+        out["sides"][side] = {
+            "median_ms": med, "p90_ms": float(np.percentile(flat, 90)), "calls": len(flat),
+            "speedup": base_all / med, "speedup_min": min(per_round),
+            "speedup_max": max(per_round)}
+        if cpu:
+            c = float(np.median(sum(cpu[side], [])))
+            out["sides"][side].update(cpu_ms=c, cpu_speedup=base_cpu / c)
+    return out
+
+
+class WorkerError(RuntimeError):
+    pass
+
+
+class Worker:
+    """One timing process speaking `evit_jax.bench.protocol`."""
+
+    def __init__(self, label: str, argv: list[str], env: dict[str, str]):
+        self.label = label
+        self.log = tempfile.NamedTemporaryFile("w+", prefix=f"evit-{label}-", suffix=".log",
+                                               delete=False)
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.log, text=True, env=env)
+
+    def request(self, **req) -> dict:
+        self.proc.stdin.write(json.dumps(req) + "\n")
+        self.proc.stdin.flush()
+        for line in self.proc.stdout:
+            if line.startswith(MARK):
+                reply = json.loads(line[len(MARK):])
+                if not reply["ok"]:
+                    raise WorkerError(f"{self.label}: {reply['error']}\n{reply.get('trace', '')}")
+                return reply
+        self.log.flush()
+        tail = Path(self.log.name).read_text()[-3000:]
+        raise WorkerError(f"{self.label} worker exited (code {self.proc.wait()}); its log "
+                          f"{self.log.name} ends with:\n{tail}")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.request(cmd="quit")
+            except (WorkerError, BrokenPipeError, json.JSONDecodeError):
+                pass
+            self.proc.wait(timeout=30)
+        os.unlink(self.log.name)
+
+
+def reference_worker(ref: Path, threads: int) -> Worker:
+    python = ref / "venv" / "bin" / "python"
+    if not python.exists() or not (ref / "src" / "efficientvit").is_dir():
+        raise SystemExit(
+            f"no reference set up in {ref}: run setup.sh (shared/reference/setup.sh "
+            "MIRROR_GIT_DIR DEST, with MIRROR_GIT_DIR a git snapshot of "
+            "mit-han-lab/efficientvit) and pass --ref DEST")
+    env = dict(os.environ, PYTHONPATH=f"{ref / 'stubs'}:{ref / 'src'}",
+               OMP_NUM_THREADS=str(threads))
+    return Worker("pytorch", [str(python), str(HERE / "ref_worker.py"), str(threads)], env)
+
+
+def jax_worker(label: str, threads: int, extra_env: dict[str, str]) -> Worker:
+    # This checkout first, unless the side names another one (`PYTHONPATH=/other/checkout`:
+    # e.g. the commit before a change, to measure the change).
+    root = str(HERE.parent.parent)
+    env = dict(os.environ, **extra_env)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (extra_env.get("PYTHONPATH"), root, os.environ.get("PYTHONPATH")) if p)
+    return Worker(label, [sys.executable, "-m", "evit_jax.bench.worker", str(threads)], env)
+
+
+def run_case(case: Case, workers: list[Worker], rounds: int, calls: int, warmup: int,
+             progress=None) -> tuple[dict, dict]:
+    """Set the case up on every worker, then `rounds` rounds of `calls` timed calls each,
+    rotating which side starts. Returns (wall times, CPU times): `[side][round][call]` ms."""
+    req = dict(model=case.model, part=case.part, batch=case.batch, height=case.height,
+               width=case.width, warmup=warmup)
+    for w in workers:  # one at a time: compiling is heavy
+        w.request(cmd="setup", **req)
+    times: dict[str, list[list[float]]] = {w.label: [] for w in workers}
+    cpu: dict[str, list[list[float]]] = {w.label: [] for w in workers}
+    for r in range(rounds):
+        k = r % len(workers)
+        for w in workers[k:] + workers[:k]:
+            reply = w.request(cmd="time", n=calls)
+            times[w.label].append(reply["times_ms"])
+            cpu[w.label].append(reply["cpu_ms"])
+        if progress is not None:
+            progress.update(1)
+    return times, cpu
+
+
+def format_rows(rows: list[dict], baseline: str, markdown: bool = False) -> str:
+    sides = [s for s in rows[0]["sides"] if s != baseline] if rows else []
+    head = ["case", *(f"{s} ms" for s in sides), f"{baseline} ms",
+            *(f"{s} speedup (range)" for s in sides), *(f"{s} CPU-time speedup" for s in sides),
+            "load"]
+    body = []
+    for row in rows:
+        st = row["sides"]
+        body.append([row["case"], *(f"{st[s]['median_ms']:.1f}" for s in sides),
+                     f"{st[baseline]['median_ms']:.1f}",
+                     *(f"{st[s]['speedup']:.2f}x ({st[s]['speedup_min']:.2f}-"
+                       f"{st[s]['speedup_max']:.2f})" for s in sides),
+                     *(f"{st[s]['cpu_speedup']:.2f}x" if "cpu_speedup" in st[s] else "-"
+                       for s in sides),
+                     "-" if "load_avg" not in row else f"{max(row['load_avg']):.1f}"])
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        return "\n".join(lines + ["| " + " | ".join(b) + " |" for b in body])
+    widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head))]
+    fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                              for i, (c, w) in enumerate(zip(r, widths)))
+    return "\n".join([fmt(head), "  ".join("-" * w for w in widths), *map(fmt, body)])
+
+
+def parse_env(text: str) -> tuple[str, dict[str, str]]:
+    """`LABEL:KEY=VAL;KEY=VAL` -> (label, env)."""
+    label, _, rest = text.partition(":")
+    env = dict(kv.split("=", 1) for kv in rest.split(";") if kv)
+    return label, env
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m evit_jax.bench.compare", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ref", type=Path, help="the reference set up by setup.sh (its DEST)")
+    ap.add_argument("--no-ref", action="store_true",
+                    help="no PyTorch side: compare JAX variants (the first is the baseline)")
+    ap.add_argument("--case", type=parse_case, action="append", default=[],
+                    help="NAME:RES:BATCH or NAME:PART:RES:BATCH (repeatable)")
+    ap.add_argument("--targets", action="store_true", help="the project's five speed targets")
+    ap.add_argument("--threads", type=int, default=2, help="CPUs and threads of each side")
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--calls", type=int, default=3, help="timed calls per side per round")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed calls after setup")
+    ap.add_argument("--fuse-bn", action="store_true", help="evit-jax with BatchNorm folded")
+    ap.add_argument("--jax-env", type=parse_env, action="append", default=[],
+                    metavar="LABEL:KEY=VAL;...",
+                    help="an extra evit-jax side with these environment variables, e.g. "
+                         "'shift_add:EVIT_DEPTHWISE=shift_add' (repeatable)")
+    ap.add_argument("--markdown", action="store_true", help="print a markdown table")
+    ap.add_argument("--json", metavar="PATH", help="write the raw times and summary as JSON")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    cases = list(args.case) + (list(TARGETS) if args.targets else [])
+    if not cases:
+        ap.error("give --case NAME:RES:BATCH (repeatable) or --targets")
+    if args.ref is None and not args.no_ref:
+        ap.error("give --ref DEST (the reference set up by setup.sh) or --no-ref")
+    from tqdm.auto import tqdm
+
+    env = {"EVIT_FUSE_BN": "1"} if args.fuse_bn else {}
+    workers = [jax_worker("evit-jax", args.threads, env)]
+    workers += [jax_worker(label, args.threads, {**env, **e}) for label, e in args.jax_env]
+    if not args.no_ref:
+        workers.append(reference_worker(args.ref, args.threads))
+    baseline = workers[-1].label if not args.no_ref else workers[0].label
+    rows = []
+    bar = tqdm(total=len(cases) * args.rounds, desc="side by side", unit="round",
+               disable=args.no_progress, file=sys.stderr)
+    try:
+        for case in cases:
+            bar.set_postfix_str(case.label)
+            load0 = os.getloadavg()[0]
+            times, cpu = run_case(case, workers, args.rounds, args.calls, args.warmup, bar)
+            rows.append({"case": case.label, **dataclasses.asdict(case), "times_ms": times,
+                         "cpu_ms": cpu, "threads": args.threads,
+                         "load_avg": [load0, os.getloadavg()[0]],
+                         **summarise(times, baseline, cpu)})
+    finally:
+        bar.close()
+        for w in workers:
+            w.close()
+    print(format_rows(rows, baseline, args.markdown))
+    if args.json:
+        from evit_jax.bench.cli import write_atomic
+        write_atomic(args.json, json.dumps(rows, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

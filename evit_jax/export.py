@@ -1,0 +1,146 @@
+"""Export a zoo model's inference function with `jax.export` (serialized StableHLO).
+
+  evit-export --model efficientvit-b1-r224 --weights DIR --out b1.jaxexport
+  evit-export --model efficientvit-sam-l0 --weights DIR --out l0-encoder.jaxexport --part encoder
+
+The artifact holds the weights (BatchNorm folded, `evit_jax.fuse_bn`) and the computation
+for images `[N, H, W, 3]` -> outputs with a symbolic batch N, for the chosen platforms. It
+needs neither evit_jax nor the model code to run, only JAX:
+
+  exp = jax.export.deserialize(open("b1.jaxexport", "rb").read())
+  logits = exp.call(images)          # any batch size
+
+Depthwise convolutions are lowered portably (shift-and-add on CPU, XLA's convolution on
+GPU/TPU): the native C++ kernels are process-local custom calls, not serializable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import export
+
+from evit_jax.fuse import fuse_bn
+from evit_jax.nn.depthwise import depthwise_impl
+from evit_jax.zoo import create_model, model_info
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def export_model(name: str, variables: Any, resolution: tuple[int, int] | None = None,
+                 part: str | None = None, dtype: str = "float32", batch: int | None = None,
+                 platforms: tuple[str, ...] | None = None, fuse: bool = True
+                 ) -> export.Exported:
+    """Trace and lower one zoo model's inference function, weights included.
+
+    Args:
+      name: zoo name.
+      variables: its variables (`evit_jax.load_variables`).
+      resolution: input (H, W); default the zoo entry's (SAM: its encoder size).
+      part: SAM only: `encoder` (default; images -> embeddings `[N, 64, 64, 256]`) or
+        `decoder` (embeddings `[1, 64, 64, 256]`, point coords `[N, P, 2]`, labels
+        `[N, P]` -> low-res logits `[N, 4, 256, 256]` and IoUs `[N, 4]`; P = 2).
+      dtype: compute dtype, "float32" or "bfloat16" (inputs and outputs are float32).
+      batch: a fixed batch size; default symbolic (`N`, any size at call time).
+      platforms: e.g. ("cpu", "cuda"); default the current backend.
+      fuse: fold BatchNorm into the convolutions first.
+    Returns:
+      A `jax.export.Exported`; `.serialize()` gives the bytes `save_exported` writes.
+    """
+    spec = model_info(name)
+    model = create_model(name, dtype=DTYPES[dtype])
+    if fuse:
+        variables = fuse_bn(variables, name)
+    variables = jax.tree.map(jnp.asarray, variables)
+    n = export.symbolic_shape("N")[0] if batch is None else int(batch)
+    f32 = jnp.float32
+    if spec.task == "sam":
+        part = part or "encoder"
+        if part == "encoder":
+            s = spec.head.encoder_size
+            if resolution not in (None, (s, s)):
+                raise ValueError(f"{name}'s encoder takes {s}x{s} images")
+            fn = lambda x: model.apply(variables, x, method="encode_image")
+            args = (jax.ShapeDtypeStruct((n, s, s, 3), f32),)
+        elif part == "decoder":
+            g, c = spec.head.decoder.grid, spec.head.decoder.embed_dim
+            fn = lambda e, pc, pl: model.apply(variables, e, pc, pl, method="predict_masks")
+            args = (jax.ShapeDtypeStruct((1, g, g, c), f32),
+                    jax.ShapeDtypeStruct((n, 2, 2), f32), jax.ShapeDtypeStruct((n, 2), jnp.int32))
+        else:
+            raise ValueError(f"SAM parts are 'encoder' and 'decoder', not {part!r}")
+    else:
+        if part not in (None, "model"):
+            raise ValueError(f"{name} has no parts; leave out part={part!r}")
+        h, w = resolution or spec.resolution
+        fn = lambda x: model.apply(variables, x)
+        args = (jax.ShapeDtypeStruct((n, h, w, 3), f32),)
+    with depthwise_impl("portable"):
+        return export.export(jax.jit(fn), platforms=platforms)(*args)
+
+
+def save_exported(exported: export.Exported, path: str | os.PathLike) -> Path:
+    """Write the serialized artifact atomically (a temporary file renamed into place)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(exported.serialize())
+    os.replace(tmp, path)
+    return path
+
+
+def load_exported(path: str | os.PathLike) -> export.Exported:
+    """Read an artifact written by `save_exported`; call it with `.call(*inputs)`."""
+    return export.deserialize(bytearray(Path(path).read_bytes()))
+
+
+def _parse_resolution(text: str) -> tuple[int, int]:
+    from evit_jax.bench.cli import parse_resolution
+    return parse_resolution(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="evit-export", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="zoo name (evit_jax.list_models())")
+    ap.add_argument("--weights", required=True, type=Path,
+                    help="variables directory written by evit-convert / save_variables")
+    ap.add_argument("--out", required=True, type=Path, help="artifact file to write")
+    ap.add_argument("--resolution", type=_parse_resolution, default=None,
+                    help="input 224 or HxW (default: the model's)")
+    ap.add_argument("--part", default=None, help="SAM: encoder (default) or decoder")
+    ap.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    ap.add_argument("--batch", type=int, default=None, help="fixed batch (default: symbolic)")
+    ap.add_argument("--platform", nargs="+", default=None,
+                    help="target platforms, e.g. cpu cuda tpu (default: this backend)")
+    ap.add_argument("--no-fuse-bn", action="store_true", help="keep BatchNorm separate")
+    args = ap.parse_args(argv)
+    from evit_jax.io import load_variables, read_config
+
+    try:
+        info = model_info(args.model)
+        config = read_config(args.weights) if (args.weights / "config.json").exists() else {}
+        if config.get("model") and model_info(config["model"]).name != info.name:
+            raise ValueError(f"{args.weights} holds variables of {config['model']}, "
+                             f"not {args.model}")
+        variables = load_variables(args.weights)
+        exp = export_model(args.model, variables, args.resolution, args.part, args.dtype,
+                           args.batch, tuple(args.platform) if args.platform else None,
+                           fuse=not args.no_fuse_bn)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"evit-export: {e}", file=sys.stderr)
+        return 2
+    path = save_exported(exp, args.out)
+    shapes = ", ".join(str(a.shape) for a in exp.in_avals)
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB): inputs {shapes}, "
+          f"platforms {', '.join(exp.platforms)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

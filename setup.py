@@ -1,0 +1,46 @@
+"""Build hook for the optional C++ kernels: `evit_jax/csrc/*.cc` -> `evit_jax/_native*.so`.
+
+Everything else is declared in pyproject.toml. The kernels are XLA FFI custom calls for
+XLA:CPU; their headers come from the jaxlib wheel (a build requirement). When they cannot be
+built (no C++17 compiler), installation still succeeds with a warning and evit_jax uses its
+pure-JAX fallbacks; `python -m evit_jax.build_native` builds them later.
+"""
+
+import glob
+import importlib.util
+import os
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+
+def _ffi_include() -> list[str]:
+    spec = importlib.util.find_spec("jaxlib")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    return [os.path.join(list(spec.submodule_search_locations)[0], "include")]
+
+
+class OptionalBuildExt(build_ext):
+    """build_ext that warns instead of failing: the kernels only make things faster."""
+
+    def build_extension(self, ext):
+        try:
+            super().build_extension(ext)
+        except Exception as e:  # compiler missing or too old, headers missing, ...
+            self.warn(f"evit_jax: native kernels not built ({e}); the pure-JAX fallbacks will "
+                      "be used (python -m evit_jax.build_native retries)")
+
+
+setup(
+    ext_modules=[Extension(
+        "evit_jax._native",
+        sources=sorted(glob.glob("evit_jax/csrc/*.cc")),
+        include_dirs=_ffi_include(),
+        extra_compile_args=["-O3", "-std=c++17", "-DNDEBUG", "-Wno-psabi"],
+        extra_link_args=["-s"],  # no debug symbols: 10x smaller
+        language="c++",
+        optional=True,
+    )],
+    cmdclass={"build_ext": OptionalBuildExt},
+)

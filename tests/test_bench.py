@@ -1,0 +1,137 @@
+"""The benchmark: programs for every zoo model, a measured row, the CLI, MAC counts against
+the papers, and the pure parts of the side-by-side runner (the runner itself needs the
+reference PyTorch and is left out of the default suite)."""
+
+import json
+
+import jax
+import pytest
+
+import evit_jax
+from evit_jax.bench import count_macs, make_program, measure
+from evit_jax.bench.cli import (
+    build_parser,
+    cases,
+    expand_models,
+    format_table,
+    main,
+    parse_resolution,
+)
+from evit_jax.bench.compare import TARGETS, Case, format_rows, parse_case, parse_env, summarise
+from evit_jax.bench.macs import count_program_macs
+from evit_jax.bench.programs import default_resolution, parts_of
+from evit_jax.zoo import abstract_variables
+
+
+def _family(spec) -> tuple:
+    """(task, backbone family `b` / `l` / `xl`)."""
+    return spec.task, str(spec.backbone).rstrip("0123456789")
+
+
+def _traced() -> list:
+    """One zoo name per family in the default run (sizes of a family run the same code with
+    other widths and depths); every other distinct architecture with -m slow."""
+    seen_fam, seen_arch, out = set(), set(), []
+    for name in evit_jax.list_models():
+        spec = evit_jax.model_info(name)
+        arch, fam = (spec.task, spec.backbone, spec.head), _family(spec)
+        if arch in seen_arch:
+            continue
+        seen_arch.add(arch)
+        out.append(name if fam not in seen_fam else pytest.param(name, marks=pytest.mark.slow))
+        seen_fam.add(fam)
+    return out
+
+
+def test_every_zoo_name_has_bench_cases():
+    # Untraced, all names: `evit-bench --model all` expands to a case per name and part at
+    # the entry's resolution, and every part builds a program (shapes only, cheap).
+    args = build_parser().parse_args(["--model", "all", "--batch", "1", "2",
+                                      "--resolution", "64"])
+    todo = cases(args)
+    names = evit_jax.list_models()
+    assert {c[0] for c in todo} == set(names)
+    for name in names:
+        parts = parts_of(name)
+        assert parts == (("encoder", "decoder", "e2e") if evit_jax.model_info(name).task ==
+                         "sam" else ("model",))
+        mine = [c for c in todo if c[0] == name]
+        assert len(mine) == 2 * len(parts)
+        sam = len(parts) > 1  # SAM encoders take one size: --resolution does not apply
+        assert {c[3] for c in mine} == ({None} if sam else {(64, 64)})
+        assert min(default_resolution(name)) >= 64
+
+
+@pytest.mark.parametrize("name", _traced())
+def test_every_zoo_model_has_a_program(name):
+    # A trace only (no compile): every part builds, types, and does some work.
+    model = evit_jax.create_model(name)
+    shapes = abstract_variables(model)
+    for part in parts_of(name):
+        prog = make_program(name, 2, 64 if part == "model" else None, part=part,
+                            variables=shapes)
+        assert count_program_macs(prog.fn, prog.variables, *prog.inputs)["total"] > 0
+
+
+@pytest.mark.parametrize("name,res,paper", [
+    ("efficientvit-b1", 224, 0.52e9), ("efficientvit-b1", 288, 0.86e9),
+    ("efficientvit-b3", 288, 6.5e9), ("efficientvit-l1", 224, 5.3e9),
+    ("efficientvit-l2", 384, 20e9), ("efficientvit-seg-b1-cityscapes", (1024, 2048), 25e9),
+    ("efficientvit-seg-b1-ade20k", 512, 3.1e9)])
+def test_macs_match_the_papers(name, res, paper):
+    # Spec section 9: the papers round to 2 significant digits.
+    assert abs(count_macs(name, res) / paper - 1) < 0.03
+
+
+def test_measure_row():
+    prog = make_program("efficientvit-b0", batch=2, resolution=32)
+    r = measure(prog, iters=3, warmup=1)
+    assert r.iters == 3 and len(r.times_ms) == 3
+    assert 0 < r.min_ms <= r.median_ms <= r.p90_ms
+    assert r.items_per_s == pytest.approx(2e3 / r.median_ms)
+    assert r.macs == count_macs("efficientvit-b0", 32, batch=2)
+    assert r.params == sum(x.size for x in jax.tree.leaves(prog.variables["params"]))
+    assert r.xla_flops is None or r.xla_flops > 0
+    assert r.peak_bytes is None or r.peak_bytes > 4 * r.params
+    assert "efficientvit-b0" in format_table([r])
+
+
+def test_cli_json(tmp_path, capsys):
+    out = tmp_path / "rows.json"
+    assert main(["--model", "efficientvit-b0", "--batch", "1", "--resolution", "32",
+                 "--iters", "2", "--fuse-bn", "--no-progress", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert len(rows) == 1 and rows[0]["fused_bn"] and rows[0]["resolution"] == [32, 32]
+    assert "median ms" in capsys.readouterr().out
+
+
+def test_cli_parsing():
+    assert parse_resolution("224") == (224, 224)
+    assert parse_resolution("512x1024") == (512, 1024)
+    with pytest.raises(Exception, match="resolution"):
+        parse_resolution("big")
+    assert expand_models(["efficientvit-b1", "*seg-b1*"]) == [
+        "efficientvit-b1", "efficientvit-seg-b1-ade20k", "efficientvit-seg-b1-cityscapes"]
+    assert len(expand_models(["all"])) == len(evit_jax.list_models())
+    with pytest.raises(SystemExit, match="no zoo model"):
+        expand_models(["nothing*"])
+
+
+def test_compare_pure_parts():
+    assert parse_case("efficientvit-b1:224:8") == Case("efficientvit-b1", "model", 8, 224, 224)
+    assert parse_case("efficientvit-seg-b1-cityscapes:512x1024:1").width == 1024
+    assert parse_case("efficientvit-sam-l0:512:1").part == "encoder"
+    with pytest.raises(Exception, match="NAME:RES:BATCH"):
+        parse_case("efficientvit-b1")
+    assert len(TARGETS) == 5
+    assert parse_env("flags:XLA_FLAGS=--a=1;EVIT_FUSE_BN=1") == (
+        "flags", {"XLA_FLAGS": "--a=1", "EVIT_FUSE_BN": "1"})
+    # Two rounds of two calls: the reference takes 3x as long as evit-jax.
+    times = {"evit-jax": [[10.0, 12.0], [11.0, 11.0]], "pytorch": [[30.0, 36.0], [33.0, 33.0]]}
+    s = summarise(times, "pytorch")["sides"]
+    assert s["evit-jax"]["speedup"] == pytest.approx(3.0)
+    assert s["evit-jax"]["speedup_min"] == pytest.approx(3.0)
+    assert s["pytorch"]["speedup"] == pytest.approx(1.0)
+    row = {"case": "x", "sides": s}
+    assert "3.00x" in format_rows([row], "pytorch")
+    assert format_rows([row], "pytorch", markdown=True).startswith("| case |")

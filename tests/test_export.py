@@ -1,0 +1,68 @@
+"""`jax.export` round trip: the artifact reloads and reproduces the in-memory model."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import evit_jax
+from evit_jax.bench.programs import random_variables
+from evit_jax.export import export_model, load_exported, main, save_exported
+from evit_jax.io import save_variables
+from evit_jax.zoo import MODELS
+
+
+def _rel(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+@pytest.fixture(scope="module")
+def seg_b0():
+    name = "efficientvit-seg-b0-cityscapes"
+    model = evit_jax.create_model(name)
+    return name, model, random_variables(model, seed=4)
+
+
+def test_round_trip_with_symbolic_batch(seg_b0, tmp_path):
+    name, model, variables = seg_b0
+    exp = export_model(name, variables, resolution=(64, 96))
+    path = save_exported(exp, tmp_path / "seg.jaxexport")
+    loaded = load_exported(path)
+    assert not list(tmp_path.glob(".*tmp*"))  # the temporary file was renamed away
+    x = np.random.default_rng(0).normal(size=(3, 64, 96, 3)).astype(np.float32)
+    ref = jax.jit(model.apply)(variables, jnp.asarray(x))  # per-image: batch-independent
+    for batch in (1, 3):  # one artifact, any batch
+        out = loaded.call(x[:batch])
+        assert out.shape == (batch, 8, 12, 19)
+        assert _rel(out, ref[:batch]) < 1e-5
+
+
+def test_cli_from_a_variables_directory(tmp_path, capsys):
+    name = "efficientvit-b0"
+    model = evit_jax.create_model(name)
+    variables = random_variables(model, seed=5)
+    save_variables(variables, tmp_path / "vars", model=name)
+    out = tmp_path / "b0.jaxexport"
+    assert main(["--model", name, "--weights", str(tmp_path / "vars"), "--out", str(out),
+                 "--resolution", "32"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+    assert _rel(load_exported(out).call(x), jax.jit(model.apply)(variables, x)) < 1e-5
+    # A directory of another model is refused, with a message.
+    assert main(["--model", "efficientvit-b1", "--weights", str(tmp_path / "vars"),
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "holds variables of efficientvit-b0" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # 30 s: the 512x512 encoder; the export path is the same as above
+@pytest.mark.skipif("efficientvit-sam-l0" not in MODELS, reason="no SAM in the zoo yet")
+def test_sam_encoder_round_trip(tmp_path):
+    name = "efficientvit-sam-l0"
+    model = evit_jax.create_model(name)
+    variables = random_variables(model, seed=6)
+    loaded = load_exported(save_exported(export_model(name, variables, part="encoder"),
+                                         tmp_path / "enc.jaxexport"))
+    x = np.random.default_rng(0).normal(size=(1, 512, 512, 3)).astype(np.float32)
+    ref = jax.jit(lambda v, x: model.apply(v, x, method="encode_image"))(variables, x)
+    assert _rel(loaded.call(x), ref) < 1e-5
