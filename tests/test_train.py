@@ -200,6 +200,8 @@ def test_two_processes_match_one_process(reference_run, env, tmp_path):
         ["process_0-of-2.json", "process_1-of-2.json"]
 
 
+# ~1-2 min; resume itself is covered in CI by the kill -9 test above.
+@pytest.mark.slow
 def test_sigterm_saves_and_exits(env, tmp_path):
     cmd = _cmd(tmp_path, 400, "--config.checkpoint_every_steps=1000")
     e = dict(env, XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES}")
