@@ -75,7 +75,8 @@ def test_arguments_and_overrides_are_checked(monkeypatch):
 
 # The demo recipe's steps already run in CI through tests/test_train.py (reference run and the
 # reduced demo), so its own smoke step joins the larger recipes under `slow` (~1 min each).
-SMOKE = [pytest.param("demo", "", marks=pytest.mark.slow), ("cls_imagenet", "model=efficientvit-b1"),
+SMOKE = [pytest.param("demo", "", marks=pytest.mark.slow),
+         ("cls_imagenet", "model=efficientvit-b1"),
          ("seg_cityscapes", "model=efficientvit-seg-b0-cityscapes"), ("finetune", ""),
          pytest.param("cls_imagenet", "model=efficientvit-b2", marks=pytest.mark.slow),
          pytest.param("cls_imagenet", "model=efficientvit-b3", marks=pytest.mark.slow),
