@@ -63,6 +63,11 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     """Console-script entry point (`evit-train`)."""
+    import sys
+    # absl's --help lists the flags of the program's main module (sys.argv[0]); under a console
+    # script that is the generated wrapper, so name this module's flags as its key flags.
+    for name in ("config", "workdir", "coordinator_address", "num_processes", "process_id"):
+        FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
     app.run(main)
 
 
