@@ -1,0 +1,100 @@
+"""What every evit-jax console script shares: the user-error class, the runner, small helpers.
+
+Every `evit-*` command is `run(prog, parser, main)`: it parses the arguments, calls
+`main(args)` and turns the outcome into an exit status, the same way for every command:
+
+  0    success (`main` returned None or 0)
+  1    a user error: one line on stderr, `prog: error: <what is wrong and how to fix it>`
+  2    a bad command line (argparse's own message and usage)
+  130  interrupted (Ctrl-C); nothing half-written is left behind
+
+A user error is any `UserError` (the converter's `CheckpointFormatError` /
+`CheckpointMismatchError` derive from it), `FileNotFoundError` / `FileExistsError` /
+`PermissionError` / `IsADirectoryError`, or a `ValueError` raised while checking inputs.
+Anything else is a bug in evit-jax and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_USER_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class UserError(ValueError):
+    """Input that evit-jax cannot use (bad path, wrong model, malformed file, bad value).
+
+    The message says what is wrong and how to fix it, in one line where possible; the CLIs
+    print it without a traceback.
+    """
+
+
+# Exceptions that are the user's to fix, reported as one line by `run`.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    UserError, FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError,
+    NotADirectoryError, ValueError)
+
+
+def one_line(e: BaseException, limit: int = 2000) -> str:
+    """The message of `e` on one line (newlines folded), at most `limit` characters."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def run(prog: str, parser: argparse.ArgumentParser, main: Callable[[argparse.Namespace], Any],
+        argv: Sequence[str] | None = None) -> int:
+    """Parse `argv`, call `main(args)`, and return the exit status (module docstring)."""
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a bad command line (2), already printed
+        return int(e.code or 0) if not isinstance(e.code, str) else EXIT_USAGE
+    try:
+        status = main(args)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except USER_ERRORS as e:
+        print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    return int(status or 0)
+
+
+def parse_resolution(text: str) -> tuple[int, int]:
+    """`224` -> (224, 224); `512x1024` -> (512, 1024) (an argparse `type=`)."""
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) <= 0:
+        raise argparse.ArgumentTypeError(
+            f"resolution must look like 224 or 512x1024, got {text!r}")
+    return parts[0], parts[1]
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes | Callable[[str], Any]) -> Path:
+    """Write `path` through a temporary file in the same directory, renamed into place, so
+    a crash never leaves half a file. `data`: text, bytes, or `write(tmp_path)`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        if callable(data):
+            data(tmp)
+        else:
+            with open(tmp, "wb") as f:
+                f.write(data.encode() if isinstance(data, str) else data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
