@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tests.conftest import rel_l2, synth_case
+from tests.helpers import rel_l2, synth_case
 
 __all__ = ["assert_masks_match", "drawn_scene", "rel_l2", "sam_case"]
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import load_synth
+from tests.helpers import load_synth
 from train import augment
 from train.evaluate import Evaluator, run_eval
 

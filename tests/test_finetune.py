@@ -9,7 +9,7 @@ import pytest
 from evit_jax import create_model
 from evit_jax.convert.keymap import convert_state_dict
 from evit_jax.zoo import abstract_variables
-from tests.conftest import load_synth
+from tests.helpers import load_synth
 from train.optim import path_str
 from train.state import merge_pretrained
 

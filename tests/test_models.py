@@ -12,7 +12,7 @@ from flax.traverse_util import flatten_dict
 
 import evit_jax
 from evit_jax.zoo import init_variables
-from tests.conftest import fixture_dirs, has_fixture, load_synth, rel_l2, synth_case
+from tests.helpers import fixture_dirs, has_fixture, load_synth, rel_l2, synth_case
 
 CLS_SEG = [n for n in evit_jax.list_models() if evit_jax.model_info(n).task in ("cls", "seg")]
 
