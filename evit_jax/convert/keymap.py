@@ -22,12 +22,13 @@ from typing import Any
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
+from evit_jax.cli import UserError
 from evit_jax.zoo import abstract_variables, create_model, model_info
 
 Path = tuple[str, ...]
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UserError):
     """A state dict that does not fit the model; lists every missing, unexpected and
     mis-shaped key."""
 

@@ -13,6 +13,7 @@ but tensors and plain containers, so a file from the internet cannot run code.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import zipfile
 from collections.abc import Mapping
@@ -25,9 +26,12 @@ from evit_jax.convert.errors import (
     SUPPORTED_FORMATS,
     CheckpointFormatError,
     TruncatedCheckpointError,
+    short_repr,
 )
 from evit_jax.convert.torch_legacy import read_torch_legacy
-from evit_jax.convert.torch_pickle import read_torch_zip
+from evit_jax.convert.torch_pickle import PARSE_ERRORS, parsing, read_torch_zip
+
+SAFETENSORS_MAX_HEADER = 100_000_000  # the safetensors library refuses larger headers
 
 # Wrappers a training script puts around the weights, tried in this order.
 STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict", "module", "net")
@@ -53,7 +57,11 @@ def detect_format(path: str | os.PathLike) -> str:
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
         return "torch-legacy"
     if len(head) > 8 and head[8:9] == b"{":
-        if int.from_bytes(head[:8], "little") > size - 8:
+        n = int.from_bytes(head[:8], "little")
+        if n > SAFETENSORS_MAX_HEADER:
+            raise CheckpointFormatError(f"{path}: a safetensors file with a malformed header "
+                                        f"(its length field says {n} bytes)")
+        if n > size - 8:
             raise TruncatedCheckpointError(path, "the safetensors header runs past the end")
         return "safetensors"
     low = head.lstrip().lower()
@@ -89,10 +97,12 @@ def load_checkpoint(path: str | os.PathLike) -> Any:
         with open(path, "rb") as f:
             return read_torch_legacy(path, f)
     try:
-        with zipfile.ZipFile(path) as zf:
-            return read_torch_zip(path, zf)
-    except zipfile.BadZipFile as e:  # a zip that ends early loses its central directory
-        raise TruncatedCheckpointError(path, f"broken zip archive: {e}") from None
+        with parsing(path):  # a hostile central directory fails in many ways
+            zf = zipfile.ZipFile(path)
+    except TruncatedCheckpointError:  # a zip that ends early loses its central directory
+        raise TruncatedCheckpointError(path, "broken zip archive") from None
+    with zf:
+        return read_torch_zip(path, zf, path.stat().st_size)
 
 
 def _load_safetensors(path: Path) -> dict[str, np.ndarray]:
@@ -102,15 +112,39 @@ def _load_safetensors(path: Path) -> dict[str, np.ndarray]:
 
     try:
         tensors = load_file(str(path))
-    except SafetensorError as e:
-        raise TruncatedCheckpointError(path, f"safetensors: {e}") from None
-    return {k: v.astype(np.float32) if v.dtype.type.__module__.startswith("ml_dtypes") else v
-            for k, v in tensors.items()}
+    except (SafetensorError, *PARSE_ERRORS) as e:
+        raise _safetensors_error(path, e) from None
+    out = {}
+    for k, v in tensors.items():
+        if not isinstance(v, np.ndarray) or v.dtype.hasobject:
+            raise CheckpointFormatError(f"{path}: tensor {short_repr(k)} is not numeric")
+        out[k] = v.astype(np.float32) if v.dtype.type.__module__.startswith("ml_dtypes") else v
+    return out
+
+
+def _safetensors_error(path: Path, e: BaseException) -> CheckpointFormatError:
+    """"Truncated" only if the header is readable and its tensors end past the file's end;
+    anything else the library refuses is a malformed file, which downloading again won't fix."""
+    size = path.stat().st_size
+    text = " ".join(str(e).split())[:200]
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"),
+                  default=0)
+        if type(end) is int and 8 + n + end > size:
+            return TruncatedCheckpointError(path, f"its tensors end at byte {8 + n + end}, "
+                                                  f"the file has {size}")
+    except (*PARSE_ERRORS, json.JSONDecodeError):
+        pass
+    return CheckpointFormatError(f"{path}: a safetensors file with a malformed header or "
+                                 f"tensor table ({type(e).__name__}: {text})")
 
 
 def _describe(obj: Any) -> str:
     if isinstance(obj, Mapping):
-        keys = [repr(k) for k in list(obj)[:20]]
+        keys = [short_repr(k) for k in list(obj)[:20]]
         return "keys " + ", ".join(keys) + (" ..." if len(obj) > 20 else "")
     return type(obj).__name__
 

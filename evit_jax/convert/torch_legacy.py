@@ -4,60 +4,109 @@ Layout: five pickles in a row -- the magic number, the format version, a dict of
 (`little_endian`, type sizes), the object itself (tensors refer to storages by key), the
 sorted list of storage keys -- then, per key, its element count as int64 and its raw bytes
 (both little-endian, whatever the host).
+A tensor's persistent id is `("storage", type, root key, location, root numel, view)`, where
+`view` is None or `(view key, element offset, element count)`, a slice of the root storage
+(written by torch < 1.0).
 The object pickle is read twice: once to learn each storage's dtype, then, with the bytes
-loaded, to build the arrays.
+loaded, to build the arrays. Every count is checked against the bytes left in the file
+before anything is allocated.
 """
 
 from __future__ import annotations
 
+import os
 from typing import IO, Any
 
 import numpy as np
 
-from evit_jax.convert.errors import CheckpointFormatError, TruncatedCheckpointError
-from evit_jax.convert.torch_pickle import _Bad, _DType, _itemsize, _Storage, _unpickle
+from evit_jax.convert.errors import (
+    CheckpointFormatError,
+    TruncatedCheckpointError,
+    short_repr,
+)
+from evit_jax.convert.torch_pickle import (
+    Budget,
+    Malformed,
+    Storage,
+    TorchDType,
+    itemsize,
+    parsing,
+    unpickle,
+)
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # first pickle of a pre-1.6 torch.save file
 LEGACY_PROTOCOL = 1001
 
 
+def _view(pid: tuple) -> tuple[str, int, int] | None:
+    view = pid[5] if len(pid) > 5 else None
+    if view is not None and not (type(view) is tuple and len(view) == 3
+                                 and type(view[0]) is str and type(view[1]) is int
+                                 and type(view[2]) is int and min(view[1], view[2]) >= 0):
+        raise Malformed(f"a storage view {short_repr(view)} (expected (key, offset >= 0, "
+                        "count >= 0))")
+    return view
+
+
 def read_torch_legacy(path: object, f: IO[bytes]) -> Any:
     """Objects of a pre-1.6 `torch.save` file, tensors as numpy arrays (see the module doc)."""
-    if _unpickle(f, path) != LEGACY_MAGIC:
+    size = os.fstat(f.fileno()).st_size
+    budget = Budget(size)
+
+    def next_pickle(load_storage=None) -> Any:
+        return unpickle(f, path, load_storage, size=size - f.tell())
+
+    magic = next_pickle()
+    if type(magic) is not int or magic != LEGACY_MAGIC:
         raise CheckpointFormatError(f"{path}: a pickle file, but not a PyTorch checkpoint")
-    version = _unpickle(f, path)
-    if version != LEGACY_PROTOCOL:
-        raise CheckpointFormatError(f"{path}: unsupported legacy torch format {version}")
-    _unpickle(f, path)  # host facts; torch wrote the storages little-endian on any host
+    version = next_pickle()
+    if type(version) is not int or version != LEGACY_PROTOCOL:
+        raise CheckpointFormatError(f"{path}: unsupported legacy torch format "
+                                    f"{short_repr(version)}")
+    next_pickle()  # host facts; torch wrote the storages little-endian on any host
     start = f.tell()
-    seen: dict[str, tuple[_DType, int, Any]] = {}
+    seen: dict[str, tuple[TorchDType, int]] = {}
 
-    def skim(pid: tuple) -> _Storage:  # first pass: only learn what storages exist
-        seen[pid[2]] = (pid[1], int(pid[4]), pid[5] if len(pid) > 5 else None)
-        return _Storage(pid[1], None)
+    def skim(pid: tuple) -> Storage:  # first pass: only learn what storages exist
+        _view(pid)
+        if seen.setdefault(pid[2], (pid[1], pid[4])) != (pid[1], pid[4]):
+            raise Malformed(f"storage {short_repr(pid[2])} with two different types or sizes")
+        return Storage(pid[1], None)
 
-    _unpickle(f, path, skim)
-    storages: dict[str, _Storage] = {}
-    for key in _unpickle(f, path):
-        if key not in seen:
-            raise CheckpointFormatError(f"{path}: storage {key!r} is not used by any tensor")
-        dtype, numel = seen[key][:2]
-        head = f.read(8)
-        count = int.from_bytes(head, "little") if len(head) == 8 else -1
-        data = np.frombuffer(f.read(max(count, 0) * _itemsize(dtype)), np.uint8).copy()
-        if count < numel or data.size != count * _itemsize(dtype):
-            raise TruncatedCheckpointError(path, f"storage {key} is too short")
-        storages[key] = _Storage(dtype, data)
+    next_pickle(skim)
+    keys = next_pickle()
+    if type(keys) is not list or not all(type(k) is str for k in keys) \
+            or len(set(keys)) != len(keys):
+        raise CheckpointFormatError(f"{path}: a malformed legacy checkpoint: its storage key "
+                                    f"list is {short_repr(keys)}, not distinct strings")
+    storages: dict[str, Storage] = {}
+    with parsing(path):
+        for key in keys:
+            if key not in seen:
+                raise Malformed(f"storage {short_repr(key)}, which no tensor uses")
+            dtype, numel = seen[key]
+            head = f.read(8)
+            count = int.from_bytes(head, "little") if len(head) == 8 else -1
+            nbytes = count * itemsize(dtype)
+            if count < numel or nbytes > size - f.tell():
+                raise TruncatedCheckpointError(path, f"storage {short_repr(key)} is too short")
+            data = np.empty(nbytes, np.uint8)  # within the bytes left: checked above
+            if f.readinto(memoryview(data)) != nbytes:
+                raise TruncatedCheckpointError(path, f"storage {short_repr(key)} is too short")
+            storages[key] = Storage(dtype, data, budget)
 
-    def load_storage(pid: tuple) -> _Storage:
-        key, view = pid[2], pid[5] if len(pid) > 5 else None
-        if view is not None:  # (root key, element offset, element count): a storage view
-            root, off, n = view[0], int(view[1]), int(view[2])
-            if root not in storages:
-                raise _Bad(f"a view of a missing storage {root!r}")
-            size = _itemsize(storages[root].dtype)
-            return _Storage(pid[1], storages[root].data[off * size: (off + n) * size])
-        return storages[key]
+    def load_storage(pid: tuple) -> Storage:
+        root, view = pid[2], _view(pid)
+        if root not in storages:
+            raise Malformed(f"a tensor of a missing storage {short_repr(root)}")
+        if view is None:
+            return storages[root]
+        base = storages[root]
+        width, (_, off, n) = itemsize(base.dtype), view
+        if (off + n) * width > base.data.size:
+            raise Malformed(f"a view (offset {off}, {n} elements) past the end of storage "
+                            f"{short_repr(root)}")
+        return Storage(base.dtype, base.data[off * width: (off + n) * width], budget)
 
     f.seek(start)
-    return _unpickle(f, path, load_storage)
+    return next_pickle(load_storage)
