@@ -554,36 +554,55 @@ for _code, _name in ((pickle.BUILD, "load_build"), (pickle.REDUCE, "load_reduce"
                      (pickle.ADDITEMS, "load_additems"), (pickle.FROZENSET, "load_frozenset"),
                      (pickle.APPEND, "load_append"), (pickle.APPENDS, "load_appends")):
     _Unpickler.dispatch[_code[0]] = getattr(_Unpickler, _name)
-_Unpickler.dispatch = {k: _counted(v) for k, v in _Unpickler.dispatch.items()}
+
+
+class _Dispatch(dict):
+    def __missing__(self, code: int):
+        raise Malformed(f"an invalid pickle opcode 0x{code:02x}")
+
+
+_Unpickler.dispatch = _Dispatch({k: _counted(v) for k, v in _Unpickler.dispatch.items()})
 
 
 _LEAVES = (str, bytes, bytearray, int, float, complex, bool, type(None), np.generic)
 
 
 def _check_tree(obj: Any) -> None:
-    """Refuse what the loaded object must not be: nested deeper than `MAX_DEPTH` or in a
-    cycle, arrays of Python objects, and anything but plain data (e.g. a bare function)."""
-    done: set[int] = set()
-    stack: list[tuple[Any, int]] = [(obj, 0)]
+    """Refuse what the loaded object must not be: containers nested more than `MAX_DEPTH`
+    deep (along any path, shared parts included) or in a cycle, arrays of Python objects,
+    and anything but plain data (e.g. a bare function). Iterative: no recursion to exhaust."""
+    height: dict[int, int] = {}  # id -> nesting height of a finished container
+    on_path: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(obj, False)]
     while stack:
-        item, depth = stack.pop()
-        if isinstance(item, np.ndarray):
-            if item.dtype.hasobject:
-                raise Malformed("a numpy array of Python objects")
+        item, leaving = stack.pop()
+        if not _is_container(item):
             continue
-        if isinstance(item, np.generic) and item.dtype.hasobject:
-            raise Malformed("a numpy scalar of Python objects")
-        if isinstance(item, _LEAVES):
-            continue
-        if type(item) not in (list, tuple, dict, collections.OrderedDict, set, frozenset):
-            raise Malformed(f"an object of type {type(item).__name__} as a value")
-        if depth >= MAX_DEPTH:
-            raise Malformed(f"containers nested more than {MAX_DEPTH} deep (or in a cycle)")
-        if id(item) in done:
-            continue
-        done.add(id(item))
-        children = item.values() if isinstance(item, dict) else item
-        stack.extend((child, depth + 1) for child in children)
+        children = list(item.values() if isinstance(item, dict) else item)
+        if leaving:
+            h = 1 + max((height[id(c)] for c in children if _is_container(c)), default=0)
+            if h > MAX_DEPTH:
+                raise Malformed(f"containers nested more than {MAX_DEPTH} deep")
+            on_path.discard(id(item))
+            height[id(item)] = h
+        elif id(item) in on_path:
+            raise Malformed("a container that contains itself (a cycle)")
+        elif id(item) not in height:
+            on_path.add(id(item))
+            stack.append((item, True))
+            stack.extend((c, False) for c in children)
+
+
+def _is_container(item: Any) -> bool:
+    """True for the containers a checkpoint may hold; checks and passes plain leaves."""
+    if type(item) in (list, tuple, dict, collections.OrderedDict, set, frozenset):
+        return True
+    if isinstance(item, (np.ndarray, np.generic, np.dtype)):
+        if (item if isinstance(item, np.dtype) else item.dtype).hasobject:
+            raise Malformed("a numpy array of Python objects")
+    elif not isinstance(item, _LEAVES):
+        raise Malformed(f"an object of type {type(item).__name__} as a value")
+    return False
 
 
 def unpickle(f: IO[bytes], path: object, load_storage=None, size: int | None = None) -> Any:
