@@ -27,6 +27,7 @@ for name in ("evit_jax", "evit_jax.convert"):
     module.__path__ = [os.path.join(root, *name.split("."))]
     sys.modules[name] = module
 import numpy as np
+import ml_dtypes, safetensors.numpy  # imported up front: not timed as part of a file
 from evit_jax.convert import readers, torch_pickle
 from evit_jax.convert.errors import CheckpointFormatError
 if max_opcodes != "-":
