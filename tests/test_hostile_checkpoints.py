@@ -172,8 +172,8 @@ def _cases(d: Path) -> list[Case]:
         UNSAFE, "io.open", True)
     add("p4_stack_global", zipped(pkl(b"\x8c\x02os\x8c\x06system\x93" + tup(
         s(f"touch {pwn('p4_stack_global')}")) + b"R", 4)), UNSAFE, "os.system", True)
-    add("p5_framed_payload", zipped(b"\x80\x05\x95" + struct.pack("<Q", 200) + call(
-        g("os", "system"), s(f"touch {pwn('p5_framed_payload')}")) + b"."),
+    framed = call(g("os", "system"), s(f"touch {pwn('p5_framed_payload')}")) + b"."
+    add("p5_framed_payload", zipped(b"\x80\x05\x95" + struct.pack("<Q", len(framed)) + framed),
         UNSAFE, "os.system", True)
     add("p2_copyreg_reconstructor", zipped(pkl(call(g("copyreg", "_reconstructor"),
                                                     g("os", "system"), b"N", b"N"))),
@@ -292,15 +292,16 @@ def _cases(d: Path) -> list[Case]:
         "type function as a value")
     add("bytearray_2_40", zipped(pkl(call(g("builtins", "bytearray"), i(2**40)))), FORMAT,
         r"bytearray\(1099511627776\)")
-    add("p3_binbytes_len_2_31", zipped(pkl(b"B\xff\xff\xff\x7f", 3)), TRUNC, "truncated")
+    add("p3_binbytes_len_2_31", zipped(pkl(b"B\xff\xff\xff\x7f", 3)), TRUNC, "a length of")
     add("p4_binbytes8_2_40", zipped(pkl(b"\x8e" + struct.pack("<Q", 2**40), 4)), TRUNC, "")
     add("p4_binunicode8_2_62", zipped(pkl(b"\x8d" + struct.pack("<Q", 2**62), 4)), TRUNC, "")
-    add("p5_bytearray8_2_40", zipped(pkl(b"\x96" + struct.pack("<Q", 2**40), 5)), FORMAT,
-        "a bytearray of 1099511627776 bytes")
-    add("p4_frame_2_60", zipped(b"\x80\x04\x95" + struct.pack("<Q", 2**60) + b"N."), OK)
+    add("p5_bytearray8_2_40", zipped(pkl(b"\x96" + struct.pack("<Q", 2**40), 5)), TRUNC,
+        "a length of 1099511627776 bytes")
+    add("p4_frame_2_60", zipped(b"\x80\x04\x95" + struct.pack("<Q", 2**60) + b"N."), TRUNC,
+        "a length of 1152921504606846976 bytes")
     add("p2_long4_2_31", zipped(pkl(b"\x8b\xff\xff\xff\x7f")), TRUNC, "")
     add("p0_long_100k_digits", zipped(b"L" + b"9" * 100_000 + b"L\n."), FORMAT, "malformed")
-    add("p1_binstring_negative", zipped(b"T\xff\xff\xff\xff."), FORMAT, "malformed pickle")
+    add("p1_binstring_negative", zipped(b"T\xff\xff\xff\xff."), FORMAT, "negative length")
     add("p5_out_of_band_buffer", zipped(pkl(b"\x97", 5)), FORMAT, "malformed pickle")
     add("p2_tuple_without_mark", zipped(pkl(b"t")), FORMAT, "malformed")
     add("p2_stop_on_empty_stack", zipped(b"\x80\x02."), FORMAT, "malformed")

@@ -54,7 +54,7 @@ def read_torch_legacy(path: object, f: IO[bytes]) -> Any:
     budget = Budget(size)
 
     def next_pickle(load_storage=None) -> Any:
-        return unpickle(f, path, load_storage, size=size - f.tell())
+        return unpickle(f, size - f.tell(), path, load_storage)
 
     magic = next_pickle()
     if type(magic) is not int or magic != LEGACY_MAGIC:

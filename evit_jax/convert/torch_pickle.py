@@ -383,31 +383,6 @@ def _check_array_state(state: Any) -> None:
                         f"match its {len(state[4])} bytes")
 
 
-class BoundedReader:
-    """A file limited to the next `size` bytes, so a length read from the file can never
-    make the unpickler allocate more than the bytes that are really there."""
-
-    def __init__(self, f: IO[bytes], size: int):
-        self._f, self.left = f, max(int(size), 0)
-
-    def read(self, n: int | None = -1) -> bytes:
-        n = self.left if n is None or n < 0 else min(n, self.left)
-        data = self._f.read(n)
-        self.left -= len(data)
-        return data
-
-    def readinto(self, buf) -> int:
-        view = memoryview(buf).cast("B")
-        data = self.read(len(view))
-        view[: len(data)] = data
-        return len(data)
-
-    def readline(self) -> bytes:
-        data = self._f.readline(self.left)
-        self.left -= len(data)
-        return data
-
-
 class _Unpickler(pickle._Unpickler):  # the Python implementation: its opcodes can be replaced
     """Resolves globals only from `_ALLOWED`; storages come from `load_storage(pid)`.
 
@@ -418,9 +393,9 @@ class _Unpickler(pickle._Unpickler):  # the Python implementation: its opcodes c
 
     dispatch = dict(pickle._Unpickler.dispatch)
 
-    def __init__(self, file: BoundedReader, path: object, load_storage=None):
+    def __init__(self, file: IO[bytes], size: int, path: object, load_storage=None):
         super().__init__(file, encoding="utf-8")
-        self._path, self._load_storage, self._limit, self._ops = path, load_storage, file.left, 0
+        self._path, self._load_storage, self._limit, self._ops = path, load_storage, size, 0
         self._unbuilt: dict[int, np.ndarray] = {}
 
     def find_class(self, module: str, name: str) -> Any:
@@ -479,14 +454,46 @@ class _Unpickler(pickle._Unpickler):  # the Python implementation: its opcodes c
         raise Malformed("an EXT opcode (the copyreg extension registry), which torch.save "
                         "never writes")
 
-    def load_bytearray8(self) -> None:
-        (n,) = struct.unpack("<Q", self.read(8))
+    # Opcodes with a length prefix: the length is checked against the bytes this pickle can
+    # hold before anything is read or allocated (a file object's read(n) allocates n first).
+    def _length(self, fmt: str) -> int:
+        (n,) = struct.unpack(fmt, self.read(struct.calcsize(fmt)))
+        if n < 0:
+            raise Malformed(f"a negative length {n}")
         if n > self._limit:
-            raise Malformed(f"a bytearray of {n} bytes in a pickle of {self._limit}")
+            raise EOFError(f"a length of {n} bytes in a pickle of {self._limit}: truncated")
+        return n
+
+    def _exact(self, fmt: str) -> bytes:
+        n = self._length(fmt)
         data = self.read(n)
         if len(data) != n:
-            raise EOFError("BYTEARRAY8 runs past the end of the pickle")
-        self.append(bytearray(data))
+            raise EOFError("pickle data was truncated")
+        return data
+
+    def load_binstring(self) -> None:
+        self.append(self._decode_string(self._exact("<i")))
+
+    def load_binunicode(self) -> None:
+        self.append(str(self._exact("<I"), "utf-8", "surrogatepass"))
+
+    def load_binunicode8(self) -> None:
+        self.append(str(self._exact("<Q"), "utf-8", "surrogatepass"))
+
+    def load_binbytes(self) -> None:
+        self.append(self._exact("<I"))
+
+    def load_binbytes8(self) -> None:
+        self.append(self._exact("<Q"))
+
+    def load_long4(self) -> None:
+        self.append(pickle.decode_long(self._exact("<i")))
+
+    def load_bytearray8(self) -> None:
+        self.append(bytearray(self._exact("<Q")))
+
+    def load_frame(self) -> None:
+        self._unframer.load_frame(self._length("<Q"))
 
     def _target(self, kinds: tuple[type, ...], what: str) -> Any:
         target = self.stack[-1]
@@ -549,7 +556,11 @@ def _counted(op):  # a bound on the work of one pickle
 for _code, _name in ((pickle.BUILD, "load_build"), (pickle.REDUCE, "load_reduce"),
                      (pickle.NEWOBJ, "load_newobj"), (pickle.NEWOBJ_EX, "load_newobj_ex"),
                      (pickle.EXT1, "_ext"), (pickle.EXT2, "_ext"), (pickle.EXT4, "_ext"),
-                     (pickle.BYTEARRAY8, "load_bytearray8"), (pickle.SETITEM, "load_setitem"),
+                     (pickle.BYTEARRAY8, "load_bytearray8"), (pickle.BINSTRING, "load_binstring"),
+                     (pickle.BINUNICODE, "load_binunicode"), (pickle.BINBYTES, "load_binbytes"),
+                     (pickle.BINUNICODE8, "load_binunicode8"), (pickle.LONG4, "load_long4"),
+                     (pickle.BINBYTES8, "load_binbytes8"), (pickle.FRAME, "load_frame"),
+                     (pickle.SETITEM, "load_setitem"),
                      (pickle.SETITEMS, "load_setitems"), (pickle.DICT, "load_dict"),
                      (pickle.ADDITEMS, "load_additems"), (pickle.FROZENSET, "load_frozenset"),
                      (pickle.APPEND, "load_append"), (pickle.APPENDS, "load_appends")):
@@ -605,11 +616,11 @@ def _is_container(item: Any) -> bool:
     return False
 
 
-def unpickle(f: IO[bytes], path: object, load_storage=None, size: int | None = None) -> Any:
-    """One pickle from `f` (at most `size` bytes of it), read by the restricted unpickler."""
-    reader = f if isinstance(f, BoundedReader) else BoundedReader(f, size)
+def unpickle(f: IO[bytes], size: int, path: object, load_storage=None) -> Any:
+    """One pickle from `f`, read by the restricted unpickler; `size`: the bytes left in `f`
+    (no length in the pickle may exceed it)."""
     with parsing(path):
-        obj = _Unpickler(reader, path, load_storage).load()
+        obj = _Unpickler(f, size, path, load_storage).load()
         _check_tree(obj)
         return obj
 
@@ -693,4 +704,4 @@ def read_torch_zip(path: object, zf: zipfile.ZipFile, archive_size: int) -> Any:
             return cache[key]
 
         with zf.open(info) as f:
-            return unpickle(BoundedReader(f, info.file_size), path, load_storage)
+            return unpickle(f, info.file_size, path, load_storage)
