@@ -228,3 +228,55 @@ def test_safetensors_and_timm_bin(tmp_path):
         for k, t in sd.items():
             assert got[k].dtype == _np(t).dtype
             np.testing.assert_array_equal(got[k], _np(t))
+
+
+def test_errors_are_user_errors():
+    """The CLIs print UserError as one line; existing `except ValueError` keeps working."""
+    from evit_jax.cli import UserError
+    from evit_jax.convert import CheckpointMismatchError
+
+    for cls in (CheckpointFormatError, TruncatedCheckpointError, UnsafeCheckpointError,
+                CheckpointMismatchError):
+        assert issubclass(cls, UserError) and issubclass(cls, ValueError)
+
+
+def test_legacy_storage_view(tmp_path):
+    """torch < 1.0 wrote views as (view key, element offset, count) of a root storage."""
+    import struct
+
+    from evit_jax.convert.torch_legacy import LEGACY_MAGIC, LEGACY_PROTOCOL
+
+    buf = __import__("io").BytesIO()
+    for obj in (LEGACY_MAGIC, LEGACY_PROTOCOL, {"little_endian": True}):
+        pickle.dump(obj, buf, protocol=2)
+    body = (b"\x80\x02}X\x01\x00\x00\x00wctorch._utils\n_rebuild_tensor_v2\n((X\x07\x00\x00"
+            b"\x00storagectorch\nFloatStorage\nX\x04\x00\x00\x00rootX\x03\x00\x00\x00cpuK\x06"
+            b"(X\x01\x00\x00\x00vK\x02K\x03ttQK\x00(K\x03t(K\x01t\x89NtRs.")
+    buf.write(body)
+    pickle.dump(["root"], buf, protocol=2)
+    buf.write(struct.pack("<q", 6) + np.arange(6, dtype="<f4").tobytes())
+    (tmp_path / "old.pt").write_bytes(buf.getvalue())
+    np.testing.assert_array_equal(load_checkpoint(tmp_path / "old.pt")["w"], [2.0, 3.0, 4.0])
+
+
+def test_dtype_pickle_cannot_change_numpy(tmp_path):
+    """numpy.dtype('f8') is a process-wide singleton: a BUILD must not reach it."""
+    path = tmp_path / "dtype.pt"  # dtype('f8') then BUILD with byte order '>'
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("archive/data.pkl",
+                    b"\x80\x02cnumpy\ndtype\n(X\x02\x00\x00\x00f8\x89\x88tR(K\x03X\x01\x00"
+                    b"\x00\x00>NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb.")
+    got = load_checkpoint(path)
+    assert got == np.dtype(">f8") and np.dtype("f8").str == "<f8"
+
+
+def test_safetensors_malformed_header_is_not_truncation(tmp_path):
+    from safetensors.numpy import save_file
+
+    save_file({"w": np.ones(3, np.float32)}, tmp_path / "ok.safetensors")
+    data = (tmp_path / "ok.safetensors").read_bytes()
+    bad = data.replace(b'"F32"', b'"Q32"')
+    (tmp_path / "bad.safetensors").write_bytes(bad)
+    with pytest.raises(CheckpointFormatError, match="bad.safetensors.*malformed header") as e:
+        load_checkpoint(tmp_path / "bad.safetensors")
+    assert not isinstance(e.value, TruncatedCheckpointError)
