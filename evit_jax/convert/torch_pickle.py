@@ -48,7 +48,10 @@ from evit_jax.convert.errors import (
     short_repr,
 )
 
-MAX_OPCODES = 10_000_000  # per pickle; a state dict of 1000 tensors needs about 50 000
+# Per pickle: a state dict of 1000 tensors needs about 50 000; a Python list of a million
+# floats about a million. Each opcode can make one Python object (<= ~70 bytes), so this also
+# bounds the memory of what a pickle builds (~370 MB) and its time (~6 s on a busy 2-core VM).
+MAX_OPCODES = 5_000_000
 MAX_DEPTH = 100  # container nesting of the loaded object; checkpoints use fewer than 10
 MAX_NDIM = 64  # numpy's limit
 ALLOC_SLACK = 64 << 20  # bytes allocated beyond the file's size (see the module doc)
@@ -548,7 +551,8 @@ def _counted(op):  # a bound on the work of one pickle
     def run(self: _Unpickler) -> None:
         self._ops += 1
         if self._ops > MAX_OPCODES:
-            raise Malformed(f"a pickle of more than {MAX_OPCODES} opcodes")
+            raise Malformed(f"a pickle of more than {MAX_OPCODES} opcodes (this reader's bound "
+                            "on work and memory); save only the weights (the state dict)")
         op(self)
     return run
 
