@@ -124,7 +124,7 @@ def load_images(args: argparse.Namespace) -> tuple[list[D.EvalImage], dict | Non
 
 
 def evaluate(predictor: Any, images: list[D.EvalImage], protocol: str, num_clicks: int = 1,
-             chunk: int = 64, progress: bool = True) -> list[dict[str, Any]]:
+             chunk: int = 64, progress: bool = True) -> list[dict[str, Any]] | None:
     """This process's share of `images` (every P-th from its index) through `protocol`, then
     everyone's results merged in image order on process 0 (None on the others)."""
     import jax

@@ -167,12 +167,13 @@ def shapes_images(name: str = "evit_shapes", data_dir: str | None = None) -> lis
         raise UserError(f"--dataset {name} needs the trainer's dataset code (train/) on the "
                         f"path: run from an evit-jax checkout ({e})") from None
     src = load_split("validation", config, data_dir)
-    images = []
+    images, next_id = [], 1
     for i in range(len(src)):
         ex = src[i]
         image, labels = np.asarray(ex["image"]), np.asarray(ex["mask"])[..., 0]
-        anns = [dict(a, id=len(images) * 100 + k + 1, image_id=i)
+        anns = [dict(a, id=next_id + k, image_id=i)
                 for k, a in enumerate(shapes_instances(labels))]
+        next_id += len(anns)
         images.append(EvalImage(i, i, image.shape[0], image.shape[1],
                                 (lambda im=image: im), anns))
     return images
