@@ -54,7 +54,7 @@ def test_boxes_in_one_batch_and_json_masks(files):
                 "--masks-out", str(masks)) == 0
     data = json.loads(masks.read_text())
     assert len(data["masks"]) == 2
-    m = U.rle_to_mask(U.coco_decode_rle(data["masks"][0]["segmentation"]))
+    m = U.coco_rle_to_mask(data["masks"][0]["segmentation"])
     assert m.shape == (96, 128) and data["masks"][0]["area"] == int(m.sum())
 
 

@@ -1,7 +1,8 @@
 """Helpers of the automatic mask generator: point grids, crops, mask statistics on device,
-box NMS, run-length encodings (uncompressed and COCO's compressed string) and small-region
-cleanup. Same conventions as segment-anything's `utils/amg.py`: boxes are XYXY with
-inclusive pixel indices, RLEs run down columns (Fortran order) starting with a 0-run.
+box NMS, run-length encodings (uncompressed here; COCO's compressed strings by pycocotools)
+and small-region cleanup. Same conventions as segment-anything's `utils/amg.py`: boxes are
+XYXY with inclusive pixel indices, RLEs run down columns (Fortran order) starting with a
+0-run.
 """
 
 from __future__ import annotations
@@ -138,39 +139,23 @@ def area_from_rle(rle: dict[str, Any]) -> int:
 
 
 def coco_encode_rle(rle: dict[str, Any]) -> dict[str, Any]:
-    """Uncompressed RLE -> COCO's compressed RLE (the `counts` string of pycocotools'
-    `frPyObjects` + `encode`): each count after the second is stored as the difference to
-    the count two before, in 5-bit groups with a continuation bit, offset by 48 ('0')."""
-    counts, out = rle["counts"], []
-    for i, c in enumerate(counts):
-        x = int(c) - (int(counts[i - 2]) if i > 2 else 0)
-        while True:
-            ch = x & 0x1F
-            x >>= 5  # arithmetic shift: negative numbers end at -1
-            more = (x != -1) if ch & 0x10 else (x != 0)
-            out.append(chr((ch | 0x20 if more else ch) + 48))
-            if not more:
-                break
-    return {"size": list(rle["size"]), "counts": "".join(out)}
+    """Uncompressed RLE -> COCO's compressed RLE {"size": [H, W], "counts": str} (by
+    pycocotools, as segment-anything's `coco_encode_rle`)."""
+    from pycocotools import mask as mask_utils
+
+    h, w = rle["size"]
+    out = mask_utils.frPyObjects({"size": [h, w], "counts": list(rle["counts"])}, h, w)
+    return {"size": [int(h), int(w)], "counts": out["counts"].decode("utf-8")}
 
 
-def coco_decode_rle(rle: dict[str, Any]) -> dict[str, Any]:
-    """COCO's compressed RLE -> uncompressed RLE (inverse of `coco_encode_rle`)."""
-    s, counts, i = rle["counts"], [], 0
-    while i < len(s):
-        x, k, more = 0, 0, True
-        while more:
-            c = ord(s[i]) - 48
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            i += 1
-            k += 1
-            if not more and c & 0x10:
-                x |= -1 << (5 * k)  # sign-extend
-        if len(counts) > 2:
-            x += counts[-2]
-        counts.append(x)
-    return {"size": list(rle["size"]), "counts": counts}
+def coco_rle_to_mask(rle: dict[str, Any]) -> np.ndarray:
+    """COCO's compressed RLE (counts as str or bytes) -> boolean `[H, W]` (pycocotools)."""
+    from pycocotools import mask as mask_utils
+
+    counts = rle["counts"]
+    obj = {"size": list(rle["size"]),
+           "counts": counts.encode("utf-8") if isinstance(counts, str) else counts}
+    return mask_utils.decode(obj).astype(bool)
 
 
 def remove_small_regions(mask: np.ndarray, area_thresh: float, mode: str
