@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="zoo name (evit_jax.list_models())")
     ap.add_argument("--weights", required=True, type=Path,
-                    help="variables directory written by evit-convert / save_variables")
+                    help="variables directory (evit-convert), training workdir, or checkpoint file")
     ap.add_argument("--out", required=True, type=Path, help="artifact file to write")
     ap.add_argument("--resolution", type=_parse_resolution, default=None,
                     help="input 224 or HxW (default: the model's)")
@@ -120,15 +120,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="target platforms, e.g. cpu cuda tpu (default: this backend)")
     ap.add_argument("--no-fuse-bn", action="store_true", help="keep BatchNorm separate")
     args = ap.parse_args(argv)
-    from evit_jax.io import load_variables, read_config
+    from evit_jax.io import load_variables
 
     try:
-        info = model_info(args.model)
-        config = read_config(args.weights) if (args.weights / "config.json").exists() else {}
-        if config.get("model") and model_info(config["model"]).name != info.name:
-            raise ValueError(f"{args.weights} holds variables of {config['model']}, "
-                             f"not {args.model}")
-        variables = load_variables(args.weights)
+        model_info(args.model)
+        variables = load_variables(args.weights, model=args.model)
         exp = export_model(args.model, variables, args.resolution, args.part, args.dtype,
                            args.batch, tuple(args.platform) if args.platform else None,
                            fuse=not args.no_fuse_bn)

@@ -40,24 +40,6 @@ def _floats(text: str, n: tuple[int, ...], what: str) -> list[float]:
     return vals
 
 
-def load_weights(name: str, path: str) -> dict[str, Any]:
-    """Variables of zoo model `name` from a variables directory (`evit-convert`'s output) or
-    straight from a checkpoint file of the authors (`.pt`), converted in memory."""
-    import evit_jax
-    from evit_jax.convert.readers import load_state_dict
-    from evit_jax.io import read_config
-
-    p = Path(path)
-    if p.is_dir():
-        recorded = read_config(p).get("model")
-        if recorded and recorded != name:
-            raise UsageError(f"{p} holds weights of {recorded!r}, not {name!r}")
-        return evit_jax.load_variables(p)
-    if not p.exists():
-        raise FileNotFoundError(f"{p}: no such file or directory")
-    return evit_jax.convert_state_dict(name, load_state_dict(p))
-
-
 def _write_atomic(path: Path, write) -> None:
     """Write via a temporary file in the same directory, renamed into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -171,7 +153,8 @@ def run(args) -> dict[str, float]:
         P.check_boxes(boxes, size, batched=True)
     t = {}
     t0 = time.perf_counter()
-    model, variables = evit_jax.create_model(args.model), load_weights(args.model, args.weights)
+    model = evit_jax.create_model(args.model)
+    variables = evit_jax.load_variables(args.weights, model=args.model)
     t["load"] = time.perf_counter() - t0
     extra: dict[str, Any] = {}
     if args.auto:
