@@ -166,28 +166,39 @@ def load_variables(path: str | os.PathLike, model: str | None = None, *,
     if p.is_file():
         return _load_checkpoint_file(p, model, key)
     if not p.exists():
-        raise FileNotFoundError(f"{p}: no such file or directory (give a variables directory "
-                                "written by evit-convert, a training workdir, or a checkpoint "
-                                "file .pt/.pth/.bin/.safetensors)")
+        raise _missing(p)
     if not (p / CONFIG_FILE).exists() and workdir.is_workdir(p):
-        check_model(p, workdir.read_run_config(p).get("model"), model)
-        return workdir.load_inference_variables(p, use_ema=use_ema)
-    config = read_config(p)
-    check_model(p, config.get("model"), model)
-    return _read_weights(p)
+        recorded = workdir.read_run_config(p).get("model")
+        check_model(p, recorded, model)
+        variables = workdir.load_inference_variables(p, use_ema=use_ema)
+    else:
+        recorded = read_config(p).get("model")
+        check_model(p, recorded, model)
+        variables = _read_weights(p)
+    if model and not recorded:
+        check_fits(p, variables, model)
+    return variables
 
 
 def recorded_model(path: str | os.PathLike) -> str | None:
     """The zoo name a variables directory or training workdir records (None: a file, or
-    nothing recorded)."""
+    nothing recorded). Raises FileNotFoundError when nothing is at `path`."""
     from evit_jax import workdir
 
     p = Path(path)
+    if not p.exists():
+        raise _missing(p)
     if (p / CONFIG_FILE).is_file():
         return read_config(p).get("model")
     if workdir.is_workdir(p):
         return workdir.read_run_config(p).get("model")
     return None
+
+
+def _missing(p: Path) -> FileNotFoundError:
+    return FileNotFoundError(f"{p}: no such file or directory (give a variables directory "
+                             "written by evit-convert, a training workdir, or a checkpoint "
+                             "file .pt/.pth/.bin/.safetensors)")
 
 
 def same_model(a: str, b: str) -> bool:
@@ -216,6 +227,24 @@ def check_model(path: str | os.PathLike, recorded: str | None, model: str | None
     if not same_model(recorded, model):
         raise UserError(f"{path} holds weights of {recorded!r}, not {model!r}: pass --model "
                         f"{recorded}, or weights of {model}")
+
+
+def check_fits(path: str | os.PathLike, variables: Mapping[str, Any], model: str) -> None:
+    """Raise a one-line UserError unless `variables` have exactly the arrays (paths and
+    shapes) of zoo model `model`: the check for weights that record no model name."""
+    from evit_jax.cli import UserError
+    from evit_jax.zoo import abstract_variables, create_model
+
+    want = flatten_dict(abstract_variables(create_model(model)), sep="/")
+    got = flatten_dict(dict(variables), sep="/")
+    wrong = [f"missing {k}" for k in want if k not in got]
+    wrong += [f"unexpected {k}" for k in got if k not in want]
+    wrong += [f"{k} is {tuple(np.shape(got[k]))}, not {tuple(want[k].shape)}" for k in want
+              if k in got and tuple(np.shape(got[k])) != tuple(want[k].shape)]
+    if wrong:
+        raise UserError(f"{path} records no model name and its weights do not fit {model} "
+                        f"({len(wrong)} arrays differ, e.g. {wrong[0]}): pass the model they "
+                        "were saved from")
 
 
 def _load_checkpoint_file(p: Path, model: str | None, key: str | None) -> dict[str, Any]:

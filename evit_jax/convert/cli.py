@@ -6,7 +6,7 @@
 Reads the file without torch and without running pickled code (`readers`), maps the keys
 strictly (`keymap.convert_state_dict`), optionally checks the result against PyTorch
 (`verify`), and writes DST atomically (`evit_jax.io.save_variables`): a failed run leaves no
-DST. User errors exit with status 1 and one message, no traceback.
+DST. User errors exit with status 1 and one line, no traceback (`evit_jax.cli`).
 """
 
 from __future__ import annotations
@@ -18,18 +18,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from evit_jax.convert.errors import CheckpointFormatError
-from evit_jax.convert.keymap import CheckpointMismatchError, convert_state_dict
+from evit_jax.cli import UserError, run
+from evit_jax.convert.keymap import convert_state_dict
 from evit_jax.convert.readers import detect_format, file_sha256, load_state_dict
 from evit_jax.convert.verify import VerificationError
 from evit_jax.io import save_variables
 from evit_jax.zoo import model_info
 
 PROG = "evit-convert"
-
-
-class UsageError(Exception):
-    """A problem with the command line (unknown model, existing DST)."""
 
 
 def convert_checkpoint(model: str, src: str | Path, dst: str | Path, *, key: str | None = None,
@@ -47,22 +43,22 @@ def convert_checkpoint(model: str, src: str | Path, dst: str | Path, *, key: str
     Returns:
       A summary dict: model, src, dst, format, tensors, params, sha256, seconds, verify errors.
     Raises:
-      UsageError, FileNotFoundError, CheckpointFormatError, CheckpointMismatchError,
-      VerificationError, OSError.
+      UserError (unknown model, existing DST; CheckpointFormatError, CheckpointMismatchError
+      and VerificationError derive from it), FileNotFoundError, OSError.
     """
     t0 = time.perf_counter()
-    try:
-        spec = model_info(model)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
+    spec = model_info(model)
     src, dst = Path(src), Path(dst)
     if verify:  # fail before any work when torch is missing
         from evit_jax.convert.verify import require_torch
 
         require_torch()
-    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())) and not overwrite:
-        raise UsageError(f"destination {dst} already exists and is not empty; choose a new "
-                         "--dst or pass --overwrite")
+    if dst.exists() and not dst.is_dir():
+        raise UserError(f"destination {dst} exists and is a file, not a directory; choose a "
+                        "new --dst")
+    if dst.is_dir() and any(dst.iterdir()) and not overwrite:
+        raise UserError(f"destination {dst} already exists and is not empty; choose a new "
+                        "--dst or pass --overwrite")
     fmt = detect_format(src)
     state_dict = load_state_dict(src, key)
     variables = convert_state_dict(model, state_dict)
@@ -126,26 +122,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status (0 ok, 1 error, 2 bad usage)."""
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as e:  # argparse: --help (0) or a bad command line (2), already printed
-        return int(e.code or 0)
-    try:
-        s = convert_checkpoint(args.model, args.src, args.dst, key=args.key, verify=args.verify,
-                               overwrite=args.overwrite)
-    except (UsageError, FileNotFoundError, FileExistsError, CheckpointFormatError,
-            CheckpointMismatchError, VerificationError, OSError) as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; nothing was written", file=sys.stderr)
-        return 130
+def _main(args: argparse.Namespace) -> int:
+    s = convert_checkpoint(args.model, args.src, args.dst, key=args.key, verify=args.verify,
+                           overwrite=args.overwrite)
     print(f"{s['model']}: {s['tensors']} tensors from {s['src']} ({s['format']}, sha256 "
           f"{s['sha256'][:12]}) -> {s['params'] / 1e6:.3f} M parameters")
     print(f"wrote {s['dst']} in {s['seconds']:.1f} s")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status (`evit_jax.cli`: 0 ok, 1 user error,
+    2 bad command line, 130 interrupted; nothing is written unless it succeeds)."""
+    return run(PROG, build_parser(), _main, argv)
 
 
 if __name__ == "__main__":
