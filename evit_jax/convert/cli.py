@@ -2,6 +2,7 @@
 
   evit-convert --model efficientvit-b1-r224 --src efficientvit_b1_r224.pt --dst ckpt/b1
   evit-convert --model efficientvit_b1 --src model.safetensors --dst ckpt/b1-timm --verify
+  evit-convert --model efficientvit-b1-r224 --dst ckpt/b1   (the published file, from the Hub)
 
 Reads the file without torch and without running pickled code (`readers`), maps the keys
 strictly (`keymap.convert_state_dict`), optionally checks the result against PyTorch
@@ -53,12 +54,7 @@ def convert_checkpoint(model: str, src: str | Path, dst: str | Path, *, key: str
         from evit_jax.convert.verify import require_torch
 
         require_torch()
-    if dst.exists() and not dst.is_dir():
-        raise UserError(f"destination {dst} exists and is a file, not a directory; choose a "
-                        "new --dst")
-    if dst.is_dir() and any(dst.iterdir()) and not overwrite:
-        raise UserError(f"destination {dst} already exists and is not empty; choose a new "
-                        "--dst or pass --overwrite")
+    _check_dst(dst, overwrite)
     fmt = detect_format(src)
     state_dict = load_state_dict(src, key)
     variables = convert_state_dict(model, state_dict)
@@ -73,6 +69,15 @@ def convert_checkpoint(model: str, src: str | Path, dst: str | Path, *, key: str
     save_variables(variables, dst, model=spec.name, metadata=meta, overwrite=overwrite)
     summary["seconds"] = time.perf_counter() - t0
     return summary
+
+
+def _check_dst(dst: Path, overwrite: bool) -> None:
+    if dst.exists() and not dst.is_dir():
+        raise UserError(f"destination {dst} exists and is a file, not a directory; choose a "
+                        "new --dst")
+    if dst.is_dir() and any(dst.iterdir()) and not overwrite:
+        raise UserError(f"destination {dst} already exists and is not empty; choose a new "
+                        "--dst or pass --overwrite")
 
 
 def _leaves(tree: Any):
@@ -110,7 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
         "timm's .safetensors/.bin) into an evit-jax variables directory. Needs no torch.")
     p.add_argument("--model", required=True,
                    help="zoo name, e.g. efficientvit-b1-r224 or efficientvit_b1 (timm)")
-    p.add_argument("--src", required=True, help="checkpoint file (.pt/.pth/.bin/.safetensors)")
+    p.add_argument("--src", default=None,
+                   help="checkpoint file (.pt/.pth/.bin/.safetensors); default: the model's "
+                        "published checkpoint from the Hugging Face Hub (evit_jax.hub)")
+    p.add_argument("--revision", default=None,
+                   help="without --src: branch, tag or commit of the Hub repository "
+                        "(default main)")
     p.add_argument("--dst", required=True, help="output directory (created atomically)")
     p.add_argument("--key", default=None,
                    help="entry of a training checkpoint holding the weights, e.g. 'ema' "
@@ -123,7 +133,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _main(args: argparse.Namespace) -> int:
-    s = convert_checkpoint(args.model, args.src, args.dst, key=args.key, verify=args.verify,
+    src = args.src
+    if src is None:
+        from evit_jax.hub import checkpoint_location, fetch
+
+        repo, filename = checkpoint_location(args.model)
+        _check_dst(Path(args.dst), args.overwrite)  # before a download
+        src = fetch(args.model, args.revision)
+        print(f"{filename} of huggingface.co/{repo}: {src}")
+    elif args.revision:
+        raise UserError("--revision picks a Hub revision: use it without --src")
+    s = convert_checkpoint(args.model, src, args.dst, key=args.key, verify=args.verify,
                            overwrite=args.overwrite)
     print(f"{s['model']}: {s['tensors']} tensors from {s['src']} ({s['format']}, sha256 "
           f"{s['sha256'][:12]}) -> {s['params'] / 1e6:.3f} M parameters")
