@@ -67,7 +67,7 @@ def test_help_and_unknown_flag(script, capsys):
 
 def test_evit_train_help_and_flag_errors(tmp_path):
     """absl's flags, reported like the others: --help exits 0, a bad value is one line, 2."""
-    assert SCRIPTS["evit-train"] == "train.main:run"
+    assert SCRIPTS["evit-train"] == "evit_jax.train.main:run"  # = train/main.py
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     run = lambda *a: subprocess.run([sys.executable, "-m", "train.main", *a], cwd=ROOT, env=env,
                                     capture_output=True, text=True, timeout=300)

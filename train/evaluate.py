@@ -94,7 +94,7 @@ class Evaluator:
         if items:
             total += self._flush(variables, items)
         if jax.process_count() > 1:
-            from train.sync import barrier
+            from .sync import barrier
             barrier("eval_done")  # hosts finish their shares at different times
             total = np.asarray(multihost_utils.process_allgather(total)).sum(0)
         if self.task == "cls":
@@ -114,7 +114,10 @@ def eval_config(name: str, run: dict, args: Any) -> Any:
     """The evaluation config: the run's (a workdir) or the zoo entry's preprocessing."""
     import ml_collections as mlc
 
-    from configs.common import base_config
+    try:  # installed, configs/ is evit_jax.configs; in a checkout, the top-level configs/
+        from evit_jax.configs.common import base_config
+    except ImportError:
+        from configs.common import base_config
     from evit_jax.zoo import model_info
     c = base_config()
     if run.get("config"):
@@ -178,8 +181,9 @@ def _evaluate(args: Any) -> dict:
     from evit_jax.cli import UserError, write_atomic
     from evit_jax.io import recorded_model
     from evit_jax.workdir import is_workdir, read_run_config
-    from train.input_pipeline import make_eval_dataset
-    from train.state import build_model
+
+    from .input_pipeline import make_eval_dataset
+    from .state import build_model
 
     for flag in ("size", "batch_size", "examples", "num_workers"):
         if getattr(args, flag) < 0 or (flag == "batch_size" and args.batch_size == 0):

@@ -55,7 +55,8 @@ def main(argv: list[str]) -> None:
     if not FLAGS["verbosity"].present:  # orbax / grain log every step of a save at INFO
         logging.set_verbosity(logging.WARNING)
     from evit_jax.cli import EXIT_INTERRUPTED, EXIT_USER_ERROR, USER_ERRORS, one_line
-    from train.trainer import Preempted, train_and_evaluate
+
+    from .trainer import Preempted, train_and_evaluate
     try:
         init_distributed()
         res = train_and_evaluate(FLAGS.config, FLAGS.workdir)

@@ -18,7 +18,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from evit_jax.zoo import create_model, init_variables
-from train.optim import path_str
+
+from .optim import path_str
 
 
 @flax.struct.dataclass

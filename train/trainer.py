@@ -21,11 +21,11 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from train import bn_reset, input_pipeline, losses, metrics, sync
-from train.checkpoint import RUN_CONFIG, Checkpoints, SigtermFlag, write_json_atomic
-from train.evaluate import Evaluator
-from train.optim import make_optimizer
-from train.state import TrainState, build_model, init_state, make_mesh
+from . import bn_reset, input_pipeline, losses, metrics, sync
+from .checkpoint import RUN_CONFIG, Checkpoints, SigtermFlag, write_json_atomic
+from .evaluate import Evaluator
+from .optim import make_optimizer
+from .state import TrainState, build_model, init_state, make_mesh
 
 
 class Preempted(Exception):
