@@ -42,8 +42,9 @@ class UserError(ValueError):
 USER_ERRORS: tuple[type[BaseException], ...] = (UserError, OSError, ValueError)
 
 
-def one_line(e: BaseException, limit: int = 2000) -> str:
-    """The message of `e` on one line (newlines folded), at most `limit` characters."""
+def one_line(e: BaseException, limit: int = 16000) -> str:
+    """The message of `e` on one line (newlines folded), at most `limit` characters (enough
+    for a key-mismatch report, which lists up to 40 keys of each kind)."""
     text = " ".join(str(e).split()) or type(e).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
