@@ -1,17 +1,32 @@
 """Build hook for the optional C++ kernels: `evit_jax/csrc/*.cc` -> `evit_jax/_native*.so`.
 
-Everything else is declared in pyproject.toml. The kernels are XLA FFI custom calls for
-XLA:CPU; their headers come from the jaxlib wheel (a build requirement). When they cannot be
-built (no C++17 compiler), installation still succeeds with a warning and evit_jax uses its
-pure-JAX fallbacks; `python -m evit_jax.build_native` builds them later.
+Also the package list: the wheel installs only `evit_jax`. The repository's top-level `train/`
+and `configs/` (where `python -m train.main --config configs/demo.py` finds them in a checkout)
+go in as `evit_jax.train` and `evit_jax.configs`, so nothing generic lands in site-packages;
+`convert/` holds only a script and is not installed. Everything else is in pyproject.toml.
+
+The kernels are XLA FFI custom calls for XLA:CPU; their headers come from the jaxlib wheel (a
+build requirement). When they cannot be built (no C++17 compiler), installation still
+succeeds with a warning and evit_jax uses its pure-JAX fallbacks; `python -m
+evit_jax.build_native` builds them later.
 """
 
 import glob
 import importlib.util
 import os
 
-from setuptools import Extension, setup
+from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
+
+# evit_jax.<name> -> the repository folder that holds it
+MAPPED = {"evit_jax.train": "train", "evit_jax.configs": "configs"}
+
+
+def _packages() -> list[str]:
+    out = find_packages(include=["evit_jax", "evit_jax.*"])
+    for name, folder in MAPPED.items():
+        out += [name] + [f"{name}.{p}" for p in find_packages(folder)]
+    return out
 
 
 def _ffi_include() -> list[str]:
@@ -33,6 +48,8 @@ class OptionalBuildExt(build_ext):
 
 
 setup(
+    packages=_packages(),
+    package_dir={name: folder for name, folder in MAPPED.items()},
     ext_modules=[Extension(
         "evit_jax._native",
         sources=sorted(glob.glob("evit_jax/csrc/*.cc")),

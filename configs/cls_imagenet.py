@@ -10,7 +10,10 @@ batches from 128 px up, and for L: RandomErasing 0.2, MESA and bfloat16 compute.
 Data: tfds `imagenet2012` (prepared once from the manual download; `data_dir` arg).
 """
 
-from configs import common
+try:  # installed, configs/ is evit_jax.configs; in a checkout, the top-level configs/
+    from evit_jax.configs import common
+except ImportError:
+    from configs import common
 
 IMAGENET_TRAIN = 1_281_167
 

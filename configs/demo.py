@@ -7,7 +7,10 @@ Arguments: `steps=N` (default 800; 400 steps reach ~50 % top-1, 800 ~81 %), `siz
 tests), `runlocal`.
 """
 
-from configs import common
+try:  # installed, configs/ is evit_jax.configs; in a checkout, the top-level configs/
+    from evit_jax.configs import common
+except ImportError:
+    from configs import common
 
 
 def get_config(arg: str | None = None):

@@ -7,7 +7,10 @@ that spirit. Start from converted ImageNet weights with `weights=/path` (only th
 is loaded).
 """
 
-from configs import common
+try:  # installed, configs/ is evit_jax.configs; in a checkout, the top-level configs/
+    from evit_jax.configs import common
+except ImportError:
+    from configs import common
 
 
 def seg_config(a, dataset: str, classes: int):

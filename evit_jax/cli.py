@@ -7,11 +7,14 @@ Every `evit-*` command is `run(prog, parser, main)`: it parses the arguments, ca
   1    a user error: one line on stderr, `prog: error: <what is wrong and how to fix it>`
   2    a bad command line (argparse's own message and usage)
   130  interrupted (Ctrl-C); nothing half-written is left behind
+  143  (evit-train only) stopped on SIGTERM / preemption after saving a checkpoint
 
 A user error is any `UserError` (the converter's `CheckpointFormatError` /
-`CheckpointMismatchError` derive from it), `FileNotFoundError` / `FileExistsError` /
-`PermissionError` / `IsADirectoryError`, or a `ValueError` raised while checking inputs.
-Anything else is a bug in evit-jax and keeps its traceback.
+`CheckpointMismatchError` derive from it), an `OSError` (missing file, permission, disk full,
+unreadable image), or a `ValueError` raised while checking inputs. Anything else is a bug in
+evit-jax and keeps its traceback; `EVIT_TRACEBACK=1` shows the traceback of user errors too.
+Flags are kebab-case (`--data-dir`, `--batch-size`) in every command but evit-train, whose
+absl flags name the config's fields (`--config.data.num_workers`).
 """
 
 from __future__ import annotations
@@ -36,13 +39,12 @@ class UserError(ValueError):
 
 
 # Exceptions that are the user's to fix, reported as one line by `run`.
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    UserError, FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError,
-    NotADirectoryError, ValueError)
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, OSError, ValueError)
 
 
-def one_line(e: BaseException, limit: int = 2000) -> str:
-    """The message of `e` on one line (newlines folded), at most `limit` characters."""
+def one_line(e: BaseException, limit: int = 16000) -> str:
+    """The message of `e` on one line (newlines folded), at most `limit` characters (enough
+    for a key-mismatch report, which lists up to 40 keys of each kind)."""
     text = " ".join(str(e).split()) or type(e).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -60,6 +62,8 @@ def run(prog: str, parser: argparse.ArgumentParser, main: Callable[[argparse.Nam
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except USER_ERRORS as e:
+        if os.environ.get("EVIT_TRACEBACK"):
+            raise
         print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
         return EXIT_USER_ERROR
     return int(status or 0)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax import export
 
+from evit_jax.cli import UserError, parse_resolution, run, write_atomic
 from evit_jax.fuse import fuse_bn
 from evit_jax.nn.depthwise import depthwise_impl
 from evit_jax.zoo import create_model, model_info
@@ -87,11 +87,7 @@ def export_model(name: str, variables: Any, resolution: tuple[int, int] | None =
 
 def save_exported(exported: export.Exported, path: str | os.PathLike) -> Path:
     """Write the serialized artifact atomically (a temporary file renamed into place)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(exported.serialize())
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, exported.serialize())
 
 
 def load_exported(path: str | os.PathLike) -> export.Exported:
@@ -99,19 +95,17 @@ def load_exported(path: str | os.PathLike) -> export.Exported:
     return export.deserialize(bytearray(Path(path).read_bytes()))
 
 
-def _parse_resolution(text: str) -> tuple[int, int]:
-    from evit_jax.bench.cli import parse_resolution
-    return parse_resolution(text)
+PROG = "evit-export"
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="evit-export", description=__doc__,
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="zoo name (evit_jax.list_models())")
     ap.add_argument("--weights", required=True, type=Path,
-                    help="variables directory written by evit-convert / save_variables")
+                    help="variables directory (evit-convert), training workdir, or checkpoint file")
     ap.add_argument("--out", required=True, type=Path, help="artifact file to write")
-    ap.add_argument("--resolution", type=_parse_resolution, default=None,
+    ap.add_argument("--resolution", type=parse_resolution, default=None,
                     help="input 224 or HxW (default: the model's)")
     ap.add_argument("--part", default=None, help="SAM: encoder (default) or decoder")
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
@@ -119,27 +113,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--platform", nargs="+", default=None,
                     help="target platforms, e.g. cpu cuda tpu (default: this backend)")
     ap.add_argument("--no-fuse-bn", action="store_true", help="keep BatchNorm separate")
-    args = ap.parse_args(argv)
-    from evit_jax.io import load_variables, read_config
+    return ap
 
-    try:
-        info = model_info(args.model)
-        config = read_config(args.weights) if (args.weights / "config.json").exists() else {}
-        if config.get("model") and model_info(config["model"]).name != info.name:
-            raise ValueError(f"{args.weights} holds variables of {config['model']}, "
-                             f"not {args.model}")
-        variables = load_variables(args.weights)
-        exp = export_model(args.model, variables, args.resolution, args.part, args.dtype,
-                           args.batch, tuple(args.platform) if args.platform else None,
-                           fuse=not args.no_fuse_bn)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"evit-export: {e}", file=sys.stderr)
-        return 2
+
+def _main(args: argparse.Namespace) -> int:
+    from evit_jax.io import load_variables
+
+    model_info(args.model)  # an unknown name fails before any reading
+    if args.batch is not None and args.batch < 1:
+        raise UserError(f"--batch must be at least 1, got {args.batch}")
+    variables = load_variables(args.weights, model=args.model)
+    exp = export_model(args.model, variables, args.resolution, args.part, args.dtype,
+                       args.batch, tuple(args.platform) if args.platform else None,
+                       fuse=not args.no_fuse_bn)
     path = save_exported(exp, args.out)
     shapes = ", ".join(str(a.shape) for a in exp.in_avals)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB): inputs {shapes}, "
           f"platforms {', '.join(exp.platforms)}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status (`evit_jax.cli`)."""
+    return run(PROG, build_parser(), _main, argv)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""Save and load converted variables: one directory, written atomically.
+"""Save and load variables: `save_variables` writes one directory atomically, and
+`load_variables` is the one weight loader (that directory, a training workdir, or a checkpoint
+file converted in memory), checking the model the weights record against the one asked for.
 
 Layout of a variables directory (what `evit-convert` writes):
 
@@ -14,12 +16,13 @@ interrupted or failed save leaves neither DIR nor temporary files behind.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,20 +33,6 @@ FORMAT = "evit-jax-variables"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "variables.safetensors"
 CONFIG_FILE = "config.json"
-
-# --------------------------------------------------------------------- extension point
-# Directories that are not written by `save_variables` but hold variables all the same, most
-# importantly a training workdir (orbax checkpoints written by train/). The training code
-# registers `(detect, load)`: `detect(dir) -> bool`, `load(dir) -> variables`; `load_variables`
-# tries them, in order, on any directory without a config.json.
-WORKDIR_LOADERS: list[tuple[Callable[[Path], bool], Callable[[Path], dict[str, Any]]]] = []
-
-
-def register_workdir_loader(detect: Callable[[Path], bool],
-                            load: Callable[[Path], dict[str, Any]]) -> None:
-    """Teach `load_variables` another directory layout (e.g. a training workdir)."""
-    WORKDIR_LOADERS.append((detect, load))
-
 
 # ------------------------------------------------------------------------------- saving
 def _flat(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -124,6 +113,9 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
     """The config.json of a variables directory (model name, versions, metadata)."""
     d = Path(directory)
     path = d / CONFIG_FILE
+    if d.is_file():
+        raise NotADirectoryError(f"{d} is a file, not a variables directory (load a checkpoint "
+                                 "file with load_variables(path, model=NAME))")
     if not d.is_dir():
         raise FileNotFoundError(f"{d}: no such directory (convert a checkpoint into it with "
                                 "`evit-convert --model NAME --src FILE --dst DIR`)")
@@ -143,25 +135,133 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
     return config
 
 
-def load_variables(directory: str | os.PathLike) -> dict[str, Any]:
-    """Read variables written by `save_variables` (or a registered workdir layout).
+def load_variables(path: str | os.PathLike, model: str | None = None, *,
+                   use_ema: bool | None = None, key: str | None = None) -> dict[str, Any]:
+    """The variables of a model, from whatever holds them (the one weight loader).
 
+    Args:
+      path: a variables directory (`save_variables` / `evit-convert`), a training workdir
+        (`python -m train.main --workdir DIR`: its latest checkpoint), or a checkpoint file
+        of the authors or timm (`.pt` / `.pth` / `.bin` / `.safetensors`, read without
+        torch and converted in memory).
+      model: zoo name the weights are for. Checked against the model a directory records
+        (a clear error when they differ); required for a checkpoint file.
+      use_ema: training workdir only: the EMA weights (default: when the run kept an EMA).
+      key: checkpoint file only: the entry holding the weights (e.g. "ema"; default: found).
     Returns:
       Nested dicts of numpy arrays, e.g. `{"params": {...}, "batch_stats": {...}}`, ready for
-      `create_model(name).apply(variables, x)`.
+      `create_model(model).apply(variables, x)`.
     Raises:
-      FileNotFoundError: no directory, or not a variables directory.
-      ValueError: a corrupt or incomplete directory (names the file).
+      FileNotFoundError: nothing at `path`, or a directory that holds no weights.
+      UserError: `model` disagrees with the recorded one; a corrupt or incomplete directory;
+        a checkpoint file without `model`. CheckpointFormatError / CheckpointMismatchError:
+        a checkpoint file that cannot be read / does not fit `model`.
     """
+    from evit_jax import workdir
+
+    p = Path(path)
+    if p.is_file() and p.name in (WEIGHTS_FILE, CONFIG_FILE) \
+            and (p.parent / CONFIG_FILE).is_file():
+        p = p.parent  # a file of a variables directory: the user means the directory
+    if p.is_file():
+        return _load_checkpoint_file(p, model, key)
+    if not p.exists():
+        raise _missing(p)
+    if not (p / CONFIG_FILE).exists() and workdir.is_workdir(p):
+        recorded = workdir.read_run_config(p).get("model")
+        check_model(p, recorded, model)
+        variables = workdir.load_inference_variables(p, use_ema=use_ema)
+    else:
+        recorded = read_config(p).get("model")
+        check_model(p, recorded, model)
+        variables = _read_weights(p)
+    if model and not recorded:
+        check_fits(p, variables, model)
+    return variables
+
+
+def recorded_model(path: str | os.PathLike) -> str | None:
+    """The zoo name a variables directory or training workdir records (None: a file, or
+    nothing recorded). Raises FileNotFoundError when nothing is at `path`."""
+    from evit_jax import workdir
+
+    p = Path(path)
+    if not p.exists():
+        raise _missing(p)
+    if (p / CONFIG_FILE).is_file():
+        return read_config(p).get("model")
+    if workdir.is_workdir(p):
+        return workdir.read_run_config(p).get("model")
+    return None
+
+
+def _missing(p: Path) -> FileNotFoundError:
+    return FileNotFoundError(f"{p}: no such file or directory (give a variables directory "
+                             "written by evit-convert, a training workdir, or a checkpoint "
+                             "file .pt/.pth/.bin/.safetensors)")
+
+
+def same_model(a: str, b: str) -> bool:
+    """Whether weights of zoo model `a` fit model `b`: the same entry, or entries that differ
+    only in what their checkpoint was evaluated at (`efficientvit-b1` vs `-r224`)."""
+    from evit_jax.zoo import model_info
+
+    sa, sb = model_info(a), model_info(b)
+    ignore = dict(name="", resolution=(0, 0), crop_pct=0.0, checkpoint=None, paper=None)
+    return sa.name == sb.name or (dataclasses.replace(sa, **ignore)
+                                  == dataclasses.replace(sb, **ignore))
+
+
+def check_model(path: str | os.PathLike, recorded: str | None, model: str | None) -> None:
+    """Raise a one-line UserError when weights recorded as `recorded` are asked for as
+    `model` (nothing to check when either is unknown)."""
+    from evit_jax.cli import UserError
+    from evit_jax.zoo import MODELS, model_info
+
+    if not model or not recorded:
+        return
+    model_info(model)  # an unknown requested name: the zoo's own message (with suggestions)
+    if recorded.split(".", 1)[0] not in MODELS:
+        raise UserError(f"{path} holds weights of {recorded!r}, a model this evit-jax does not "
+                        f"know; upgrade evit-jax or use the weights of {model!r}")
+    if not same_model(recorded, model):
+        raise UserError(f"{path} holds weights of {recorded!r}, not {model!r}: pass --model "
+                        f"{recorded}, or weights of {model}")
+
+
+def check_fits(path: str | os.PathLike, variables: Mapping[str, Any], model: str) -> None:
+    """Raise a one-line UserError unless `variables` have exactly the arrays (paths and
+    shapes) of zoo model `model`: the check for weights that record no model name."""
+    from evit_jax.cli import UserError
+    from evit_jax.zoo import abstract_variables, create_model
+
+    want = flatten_dict(abstract_variables(create_model(model)), sep="/")
+    got = flatten_dict(dict(variables), sep="/")
+    wrong = [f"missing {k}" for k in want if k not in got]
+    wrong += [f"unexpected {k}" for k in got if k not in want]
+    wrong += [f"{k} is {tuple(np.shape(got[k]))}, not {tuple(want[k].shape)}" for k in want
+              if k in got and tuple(np.shape(got[k])) != tuple(want[k].shape)]
+    if wrong:
+        raise UserError(f"{path} records no model name and its weights do not fit {model} "
+                        f"({len(wrong)} arrays differ, e.g. {wrong[0]}): pass the model they "
+                        "were saved from")
+
+
+def _load_checkpoint_file(p: Path, model: str | None, key: str | None) -> dict[str, Any]:
+    from evit_jax.cli import UserError
+    from evit_jax.convert.keymap import convert_state_dict
+    from evit_jax.convert.readers import load_state_dict
+
+    if not model:
+        raise UserError(f"{p} is a checkpoint file: name its model (--model NAME, "
+                        "load_variables(path, model=NAME)) to convert it in memory")
+    return convert_state_dict(model, load_state_dict(p, key))
+
+
+def _read_weights(d: Path) -> dict[str, Any]:
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
-    d = Path(directory)
-    if d.is_dir() and not (d / CONFIG_FILE).exists():
-        for detect, load in WORKDIR_LOADERS:
-            if detect(d):
-                return load(d)
-    read_config(d)
     weights = d / WEIGHTS_FILE
     if not weights.is_file():
         raise ValueError(f"{d}: incomplete variables directory ({WEIGHTS_FILE} is missing); "
@@ -173,23 +273,3 @@ def load_variables(directory: str | os.PathLike) -> dict[str, Any]:
     except SafetensorError as e:
         raise ValueError(f"{weights}: corrupt ({e}); convert the checkpoint again") from None
     return unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
-
-
-# A training workdir (`python -m train.main --workdir DIR`): its latest checkpoint's inference
-# variables (the EMA weights when the run kept an EMA). The training code is imported only
-# when such a directory is loaded, so `import evit_jax` stays light.
-def _is_training_workdir(d: Path) -> bool:
-    return (d / "checkpoints").is_dir()
-
-
-def _load_training_workdir(d: Path) -> dict[str, Any]:
-    try:
-        from train.checkpoint import load_inference_variables
-    except ImportError as e:
-        raise ImportError(f"{d} is a training workdir; reading it needs the `train` package "
-                          "that ships with evit-jax (install evit-jax, or run from the "
-                          "repository root)") from e
-    return load_inference_variables(str(d))
-
-
-register_workdir_loader(_is_training_workdir, _load_training_workdir)

@@ -15,11 +15,11 @@ from evit_jax.bench.cli import (
     expand_models,
     format_table,
     main,
-    parse_resolution,
 )
 from evit_jax.bench.compare import TARGETS, Case, format_rows, parse_case, parse_env, summarise
 from evit_jax.bench.macs import count_program_macs
 from evit_jax.bench.programs import default_resolution, parts_of
+from evit_jax.cli import UserError, parse_resolution
 from evit_jax.zoo import abstract_variables
 
 
@@ -113,7 +113,7 @@ def test_cli_parsing():
     assert expand_models(["efficientvit-b1", "*seg-b1*"]) == [
         "efficientvit-b1", "efficientvit-seg-b1-ade20k", "efficientvit-seg-b1-cityscapes"]
     assert len(expand_models(["all"])) == len(evit_jax.list_models())
-    with pytest.raises(SystemExit, match="no zoo model"):
+    with pytest.raises(UserError, match="no zoo model"):
         expand_models(["nothing*"])
 
 

@@ -12,6 +12,9 @@ import pytest
 
 import evit_jax
 from evit_jax import io as evio
+from evit_jax.cli import UserError
+from evit_jax.convert.keymap import CheckpointMismatchError
+from tests.helpers import load_synth, needs_shared
 
 
 def _variables():
@@ -92,7 +95,7 @@ def test_failure_mid_write_leaves_nothing(tmp_path, monkeypatch, overwrite):
 
 
 def test_load_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no such directory.*evit-convert"):
+    with pytest.raises(FileNotFoundError, match="no such file or directory.*evit-convert"):
         evit_jax.load_variables(tmp_path / "missing")
     (tmp_path / "plain").mkdir()
     with pytest.raises(FileNotFoundError, match="not an evit-jax variables directory"):
@@ -112,9 +115,51 @@ def test_load_errors(tmp_path):
         evit_jax.load_variables(d)
 
 
-def test_workdir_loader_extension_point(tmp_path, monkeypatch):
-    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
-    want = {"params": {"w": np.ones(2, np.float32)}}
-    monkeypatch.setattr(evio, "WORKDIR_LOADERS", [])
-    evio.register_workdir_loader(lambda d: (d / "checkpoints").is_dir(), lambda d: want)
-    assert evit_jax.load_variables(tmp_path / "run") is want
+def _b0_checkpoint(tmp_path) -> Path:
+    """A synthetic checkpoint of efficientvit-b0 in the authors' key names (.safetensors)."""
+    from safetensors.numpy import save_file
+
+    synth = load_synth()
+    sd = synth.synthesize(synth.load_schema("efficientvit-b0"), seed=1)
+    path = tmp_path / "b0.safetensors"
+    save_file({k: np.ascontiguousarray(v) for k, v in sd.items()}, str(path))
+    return path
+
+
+@needs_shared
+def test_one_loader_for_files_directories_and_their_model(tmp_path):
+    ckpt = _b0_checkpoint(tmp_path)
+    with pytest.raises(UserError, match="is a checkpoint file: name its model"):
+        evit_jax.load_variables(ckpt)
+    v = evit_jax.load_variables(ckpt, model="efficientvit-b0")  # converted in memory
+    assert v["params"]["backbone"] and v["batch_stats"]
+    with pytest.raises(CheckpointMismatchError):  # a file records nothing: the keys decide
+        evit_jax.load_variables(ckpt, model="efficientvit-b1")
+    d = evit_jax.save_variables(v, tmp_path / "conv", model="efficientvit-b0")
+    _assert_same(v, evit_jax.load_variables(d, model="efficientvit-b0-r224"))  # same net
+    _assert_same(v, evit_jax.load_variables(d / "variables.safetensors"))  # means the dir
+    with pytest.raises(UserError, match="holds weights of 'efficientvit-b0', not "
+                                        "'efficientvit-b1'.*--model efficientvit-b0"):
+        evit_jax.load_variables(d, model="efficientvit-b1")
+    with pytest.raises(UserError, match="holds weights of 'efficientvit-b0', not "
+                                        "'efficientvit_b0'"):  # timm: other eps
+        evit_jax.load_variables(d, model="efficientvit_b0")
+    with pytest.raises(ValueError, match="unknown model 'efficientvit-b9'"):
+        evit_jax.load_variables(d, model="efficientvit-b9")
+    with pytest.raises(NotADirectoryError, match="is a file, not a variables directory"):
+        evio.read_config(ckpt)
+
+
+def test_training_workdir_records_its_model(tmp_path):
+    wd = tmp_path / "run"
+    (wd / "checkpoints").mkdir(parents=True)
+    (wd / "run_config.json").write_text(json.dumps({"model": "efficientvit-b0"}))
+    assert evio.recorded_model(wd) == "efficientvit-b0"
+    with pytest.raises(UserError, match="run holds weights of 'efficientvit-b0', not "
+                                        "'efficientvit-seg-b0-cityscapes'"):
+        evit_jax.load_variables(wd, model="efficientvit-seg-b0-cityscapes")
+    with pytest.raises(FileNotFoundError, match="no finished checkpoint"):
+        evit_jax.load_variables(wd, model="efficientvit-b0")
+    (wd / "run_config.json").write_text(json.dumps({"model": "efficientvit-b99"}))
+    with pytest.raises(UserError, match="a model this evit-jax does not know"):
+        evit_jax.load_variables(wd, model="efficientvit-b0")

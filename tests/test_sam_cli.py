@@ -120,3 +120,19 @@ def test_authors_checkpoint_file_via_evit_convert(files, tmp_path, capsys):
             outs.append((z["masks"], z["scores"]))
     np.testing.assert_array_equal(outs[0][0], outs[1][0])
     np.testing.assert_array_equal(outs[0][1], outs[1][1])
+
+
+def test_one_pixel_high_strip_and_zero_prompts(files):
+    """A 1x5000 image keeps one row through the resize (it used to round to 0 rows); no
+    prompts at all give three empty arrays of the usual ranks."""
+    from evit_jax.sam import SamPredictor
+
+    p = SamPredictor(evit_jax.create_model(NAME),
+                     evit_jax.load_variables(files / "weights", model=NAME))
+    p.set_image(np.full((1, 5000, 3), 128, np.uint8))
+    masks, scores, low = p.predict(box=np.array([0, 0, 2500, 0]), multimask_output=False)
+    assert masks.shape == (1, 1, 5000) and scores.shape == (1,) and low.shape == (1, 256, 256)
+    for multimask, c in ((True, 3), (False, 1)):
+        masks, scores, low = p.predict_batch(boxes=np.zeros((0, 4)), multimask_output=multimask)
+        assert masks.shape == (0, c, 1, 5000) and masks.dtype == bool
+        assert scores.shape == (0, c) and low.shape == (0, c, 256, 256)

@@ -23,9 +23,10 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from evit_jax.nn.norm import BatchNorm2d
-from train import input_pipeline
-from train.datasets.sources import open_source
-from train.optim import path_str
+
+from . import input_pipeline
+from .datasets.sources import open_source
+from .optim import path_str
 
 
 def _record_bn(next_fun, args, kwargs, context):
@@ -62,7 +63,7 @@ def reset_bn(config: Any, model: Any, variables: dict, pid: int = 0, nproc: int 
     ds = grain.MapDataset.source(src).shuffle(seed=cfg.seed)[:n].map_with_index(fn)
     ds = ds.batch(bs, drop_remainder=False)[pid::nproc]
 
-    from train.evaluate import local_copy
+    from .evaluate import local_copy
     mesh = Mesh(np.array(jax.local_devices()), ("batch",))
     host_vars = local_copy(variables)
     dev_vars = jax.device_put(host_vars, NamedSharding(mesh, P()))
@@ -81,7 +82,7 @@ def reset_bn(config: Any, model: Any, variables: dict, pid: int = 0, nproc: int 
     keys = sorted(sums)
     packed = np.concatenate([np.concatenate([sums[k][0], sums[k][1]]) for k in keys] + [[count]])
     if nproc > 1:
-        from train.sync import barrier
+        from .sync import barrier
         barrier("bn_stats_done")
         packed = np.asarray(multihost_utils.process_allgather(packed)).sum(0)
     total = max(packed[-1], 1)

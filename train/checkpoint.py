@@ -1,10 +1,11 @@
-"""Orbax checkpoints of a training run, preemption handling, and the inference loader.
+"""Orbax checkpoints of a training run (save, resume) and preemption handling.
 
 Layout: `WORKDIR/checkpoints/<step>/{params, ema, opt, data}`: `params` = {"params",
 "batch_stats"} of the trained model, `ema` = the same for the EMA model (when configured),
 `opt` = {"step", "opt_state", "rng"}, `data` = the grain iterator state of every host. Saves
 are asynchronous (training goes on while they are written) and atomic (an interrupted save
-never becomes a "latest" checkpoint); the last `keep` are kept.
+never becomes a "latest" checkpoint); the last `keep` are kept. Reading the weights back for
+inference is the library's (`evit_jax.workdir`, through `evit_jax.load_variables`).
 """
 
 from __future__ import annotations
@@ -15,22 +16,18 @@ import signal
 from typing import Any
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
-from absl import logging
+
+from evit_jax.cli import write_atomic
+from evit_jax.workdir import (  # noqa: F401  (the workdir layout and reader live in the library)
+    RUN_CONFIG,
+    CheckpointError,
+    checkpoint_dir,
+    is_workdir,
+    load_inference_variables,
+)
 
 ITEMS = ("params", "ema", "opt", "data")
-# The run's config, model name and class count (not `config.json`: that name marks a
-# directory of converted variables for `evit_jax.load_variables`).
-RUN_CONFIG = "run_config.json"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be restored (corrupted, or from another config)."""
-
-
-def checkpoint_dir(workdir: str) -> str:
-    return os.path.abspath(os.path.join(workdir, "checkpoints"))
 
 
 class Checkpoints:
@@ -123,55 +120,4 @@ class SigtermFlag:
 
 def write_json_atomic(path: str, obj: Any) -> None:
     """Write JSON through a temporary file and a rename: readers never see half a file."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
-
-
-def is_workdir(path: str) -> bool:
-    return os.path.isdir(checkpoint_dir(path))
-
-
-def load_inference_variables(workdir: str, step: int | None = None,
-                             use_ema: bool | None = None) -> dict[str, Any]:
-    """`{"params", "batch_stats"}` (numpy) of a training workdir's checkpoint, for
-    `create_model(...).apply(variables, x)`.
-
-    Args:
-      workdir: the `--workdir` of a training run.
-      step: which checkpoint (default: the latest).
-      use_ema: the EMA weights (default: when the run kept an EMA, as its evaluation did).
-    """
-    directory = checkpoint_dir(workdir)
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"{workdir!r} is not a training workdir (no checkpoints/)")
-    verbosity = logging.get_verbosity()
-    logging.set_verbosity(logging.ERROR)  # orbax warns about read-only use and step metadata
-    try:
-        return _load_item(directory, step, use_ema)
-    finally:
-        logging.set_verbosity(verbosity)
-
-
-def _load_item(directory: str, step: int | None, use_ema: bool | None) -> dict[str, Any]:
-    if step is None:
-        with ocp.CheckpointManager(directory, item_names=ITEMS,
-                                   options=ocp.CheckpointManagerOptions(read_only=True)) as m:
-            step = m.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"no finished checkpoint in {directory}")
-    path = os.path.join(directory, str(step))
-    has_ema = os.path.isdir(os.path.join(path, "ema"))
-    item = "ema" if (has_ema if use_ema is None else use_ema) else "params"
-    if not os.path.isdir(os.path.join(path, item)):
-        raise FileNotFoundError(f"checkpoint {path} holds no {item!r} weights")
-    try:
-        with ocp.PyTreeCheckpointer() as ckptr:
-            tree = ckptr.metadata(os.path.join(path, item)).item_metadata.tree
-            restore = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-            out = ckptr.restore(os.path.join(path, item),
-                                args=ocp.args.PyTreeRestore(restore_args=restore))
-    except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"cannot read {item!r} of checkpoint {path}: {e}") from e
-    return {"params": out["params"], "batch_stats": out.get("batch_stats", {})}
+    write_atomic(path, json.dumps(obj, indent=1))

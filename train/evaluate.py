@@ -7,7 +7,7 @@ mean over classes of (sum of intersections) / (sum of unions) over the whole spl
 
 CLI (`evit-eval`): evaluate converted official weights or a training workdir, e.g.
 `evit-eval --model efficientvit-b1-r224 --weights ~/evit/b1 --data imagenet2012
---data_dir ~/tensorflow_datasets` or `evit-eval --weights runs/demo --data evit_shapes`.
+--data-dir ~/tensorflow_datasets` or `evit-eval --weights runs/demo --data evit_shapes`.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ class Evaluator:
         if items:
             total += self._flush(variables, items)
         if jax.process_count() > 1:
-            from train.sync import barrier
+            from .sync import barrier
             barrier("eval_done")  # hosts finish their shares at different times
             total = np.asarray(multihost_utils.process_allgather(total)).sum(0)
         if self.task == "cls":
@@ -110,51 +110,14 @@ class Evaluator:
 
 # ------------------------------------------------------------------------------ evit-eval CLI
 
-def load_weights(weights: str, model: str | None, raw: bool = False) -> tuple[dict, str, dict]:
-    """(variables, model name, the run's config dict or {}) from a training workdir, a
-    `.safetensors` / `.npz` PyTorch-style state dict (official or timm names), or a directory
-    of converted weights (`evit_jax.load_variables`)."""
-    import json
-    import os
-
-    from train.checkpoint import RUN_CONFIG, is_workdir, load_inference_variables
-    if is_workdir(weights):
-        run = {}
-        cfg_path = os.path.join(weights, RUN_CONFIG)
-        if os.path.exists(cfg_path):
-            with open(cfg_path) as f:
-                run = json.load(f)
-        name = model or run.get("model")
-        if not name:
-            raise ValueError(f"{weights}/{RUN_CONFIG} is missing: pass --model")
-        return load_inference_variables(weights, use_ema=False if raw else None), name, run
-    if not model:
-        raise ValueError("--model is required for converted weights (e.g. efficientvit-b1-r224)")
-    if weights.endswith((".safetensors", ".npz")):
-        from evit_jax.convert.keymap import convert_state_dict
-        if weights.endswith(".npz"):
-            with np.load(weights) as z:
-                sd = dict(z)
-        else:
-            from safetensors.numpy import load_file
-            sd = load_file(weights)
-        return convert_state_dict(model, sd), model, {}
-    if weights.endswith((".pt", ".pth", ".bin")):
-        raise ValueError(f"{weights} is a PyTorch file: convert it once with `evit-convert` "
-                         f"(needs torch) and pass the output directory")
-    import evit_jax
-    loader = getattr(evit_jax, "load_variables", None)
-    if loader is None or not os.path.isdir(weights):
-        raise FileNotFoundError(f"cannot read weights {weights!r}: expected a training workdir, "
-                                f"a directory of converted weights, or a .safetensors/.npz file")
-    return loader(weights), model, {}
-
-
 def eval_config(name: str, run: dict, args: Any) -> Any:
     """The evaluation config: the run's (a workdir) or the zoo entry's preprocessing."""
     import ml_collections as mlc
 
-    from configs.common import base_config
+    try:  # installed, configs/ is evit_jax.configs; in a checkout, the top-level configs/
+        from evit_jax.configs.common import base_config
+    except ImportError:
+        from configs.common import base_config
     from evit_jax.zoo import model_info
     c = base_config()
     if run.get("config"):
@@ -181,29 +144,61 @@ def eval_config(name: str, run: dict, args: Any) -> Any:
     return c
 
 
-def run_eval(argv: list[str] | None = None) -> dict:
-    """`evit-eval`: top-1/top-5 or mIoU of weights on a dataset; prints JSON."""
-    import argparse
-    import json
+PROG = "evit-eval"
+# Underscore spellings of the flags before they became kebab-case; still accepted, not shown.
+_OLD_SPELLINGS = {"--data-dir": "--data_dir", "--batch-size": "--batch_size",
+                  "--num-workers": "--num_workers"}
 
-    from train.input_pipeline import make_eval_dataset
-    from train.state import build_model
-    p = argparse.ArgumentParser(prog="evit-eval", description=run_eval.__doc__)
+
+def build_parser() -> Any:
+    import argparse
+
+    p = argparse.ArgumentParser(prog=PROG, description="Top-1/top-5 (classification) or mIoU "
+                                "(segmentation) of weights on a dataset; prints JSON.")
     p.add_argument("--weights", required=True, help="training workdir, converted weights dir, "
-                   "or a .safetensors / .npz state dict")
-    p.add_argument("--model", help="zoo name (default: the workdir's)")
+                   "or the authors' / timm's checkpoint file (.pt/.pth/.bin/.safetensors)")
+    p.add_argument("--model", help="zoo name (default: the one the weights record)")
     p.add_argument("--data", required=True, help="tfds name, evit_shapes, folder:/x, ade20k:/x")
-    p.add_argument("--data_dir", default="", help="tfds data_dir")
+    p.add_argument("--data-dir", default="", help="tfds data_dir")
     p.add_argument("--split", default="", help="split (default validation)")
     p.add_argument("--size", type=int, default=0, help="evaluation resolution")
     p.add_argument("--crop", type=float, default=0.0, help="center-crop ratio")
-    p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--examples", type=int, default=0, help="first N examples only")
-    p.add_argument("--num_workers", type=int, default=2)
+    p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--raw", action="store_true", help="a workdir's raw weights, not its EMA")
     p.add_argument("--out", default="", help="also write the results JSON here")
-    args = p.parse_args(argv)
-    variables, name, run = load_weights(args.weights, args.model, args.raw)
+    for new, old in _OLD_SPELLINGS.items():
+        p.add_argument(old, dest=new[2:].replace("-", "_"), help=argparse.SUPPRESS,
+                       type=int if "data" not in new else str, default=argparse.SUPPRESS)
+    return p
+
+
+def _evaluate(args: Any) -> dict:
+    import json
+
+    import evit_jax
+    from evit_jax.cli import UserError, write_atomic
+    from evit_jax.io import recorded_model
+    from evit_jax.workdir import is_workdir, read_run_config
+
+    from .input_pipeline import make_eval_dataset
+    from .state import build_model
+
+    for flag in ("size", "batch_size", "examples", "num_workers"):
+        if getattr(args, flag) < 0 or (flag == "batch_size" and args.batch_size == 0):
+            raise UserError(f"--{flag.replace('_', '-')} must be positive, got "
+                            f"{getattr(args, flag)}")
+    if not 0.0 <= args.crop <= 1.0:
+        raise UserError(f"--crop is a ratio in (0, 1] (0: the model's), got {args.crop}")
+    name = args.model or recorded_model(args.weights)
+    if not name:
+        raise UserError(f"{args.weights} records no model: pass --model NAME "
+                        "(evit_jax.list_models())")
+    evit_jax.model_info(name)  # an unknown name fails here, with suggestions
+    variables = evit_jax.load_variables(args.weights, model=name,
+                                        use_ema=False if args.raw else None)
+    run = read_run_config(args.weights) if is_workdir(args.weights) else {}
     c = eval_config(name, run, args)
     ds, n, n_cls = make_eval_dataset(c)
     k = c.num_classes or n_cls
@@ -213,15 +208,25 @@ def run_eval(argv: list[str] | None = None) -> dict:
            **{kk: v for kk, v in ev.run(variables, ds).items() if kk != "examples"}}
     print(json.dumps(res, indent=1))
     if args.out:
-        from train.checkpoint import write_json_atomic
-        write_json_atomic(args.out, res)
+        write_atomic(args.out, json.dumps(res, indent=1))
     return res
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point (`evit-eval`)."""
-    run_eval(argv)
+def run_eval(argv: list[str] | None = None) -> dict:
+    """`evit-eval` as a function: the results dict (user errors raise)."""
+    return _evaluate(build_parser().parse_args(argv))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point (`evit-eval`); returns the exit status (evit_jax.cli)."""
+    from evit_jax.cli import run
+
+    def main_(args: Any) -> int:
+        _evaluate(args)
+        return 0
+
+    return run(PROG, build_parser(), main_, argv)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -24,8 +24,8 @@ import numpy as np
 from absl import flags
 from PIL import Image, ImageOps
 
-from train import augment
-from train.datasets.sources import open_source
+from . import augment
+from .datasets.sources import open_source
 
 
 def _enable_workers() -> None:

@@ -18,7 +18,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from evit_jax.zoo import create_model, init_variables
-from train.optim import path_str
+
+from .optim import path_str
 
 
 @flax.struct.dataclass
@@ -98,17 +99,14 @@ def merge_pretrained(fresh: dict, loaded: dict, include: str = "",
     return merged, [f"loaded {len(taken)} arrays"] + [f"left fresh: {m}" for m in kept_fresh]
 
 
-def load_pretrained(path: str) -> dict:
-    """{"params", "batch_stats"} from a training workdir or converted weights."""
-    from train.checkpoint import is_workdir, load_inference_variables
-    if is_workdir(path):
-        return load_inference_variables(path)
+def load_pretrained(path: str, model: str | None = None) -> dict:
+    """{"params", "batch_stats"} to start from: anything `evit_jax.load_variables` reads (a
+    training workdir, converted weights, a checkpoint file). A checkpoint file is converted
+    as `model` (the config's); for another architecture convert it first (evit-convert)."""
+    import os
+
     import evit_jax
-    loader = getattr(evit_jax, "load_variables", None)
-    if loader is None:
-        raise FileNotFoundError(f"{path!r} is not a training workdir, and this evit_jax has no "
-                                f"load_variables() for converted weights")
-    return loader(path)
+    return evit_jax.load_variables(path, model=model if os.path.isfile(path) else None)
 
 
 def place(tree: Any, sharding: Any) -> Any:
@@ -138,7 +136,7 @@ def init_state(config: Any, model: Any, tx: Any, mesh: Mesh) -> tuple[TrainState
     placed = place(variables, {"params": sharding.params, "batch_stats": sharding.batch_stats})
     state = jax.jit(fresh, out_shardings=sharding)(placed)
     if config.init_from:
-        loaded = load_pretrained(config.init_from)
+        loaded = load_pretrained(config.init_from, config.model)
         fresh_vars = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
         merged, report = merge_pretrained(fresh_vars, loaded, config.init_include,
                                           tuple(config.init_exclude))

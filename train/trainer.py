@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 from typing import Any
 
@@ -22,13 +21,21 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from train import bn_reset, input_pipeline, losses, metrics, sync
-from train.checkpoint import RUN_CONFIG, Checkpoints, SigtermFlag, write_json_atomic
-from train.evaluate import Evaluator
-from train.optim import make_optimizer
-from train.state import TrainState, build_model, init_state, make_mesh
+from . import bn_reset, input_pipeline, losses, metrics, sync
+from .checkpoint import RUN_CONFIG, Checkpoints, SigtermFlag, write_json_atomic
+from .evaluate import Evaluator
+from .optim import make_optimizer
+from .state import TrainState, build_model, init_state, make_mesh
 
-PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: "stopped on request, checkpoint saved"
+
+class Preempted(Exception):
+    """Training stopped on SIGTERM / preemption after saving a checkpoint at `step`; rerun the
+    same command to resume (`evit-train` exits with status 143 = 128 + SIGTERM)."""
+
+    def __init__(self, step: int, checkpoint: str):
+        self.step, self.checkpoint = step, checkpoint
+        super().__init__(f"stopped at step {step} on request; checkpoint saved in {checkpoint}: "
+                         "rerun the same command to resume")
 
 
 def make_train_step(config: Any, model: Any, tx: Any, schedule: Any, num_classes: int):
@@ -172,9 +179,7 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
                 ckpt.save(step, state, data.train)
             if preempt:
                 ckpt.close()
-                progress.write(f"stopped at step {step} on request; checkpoint saved in "
-                               f"{ckpt.directory}/{step}: rerun the same command to resume")
-                sys.exit(PREEMPTED_EXIT_CODE)
+                raise Preempted(step, f"{ckpt.directory}/{step}")
             if config.eval_every_steps and step % config.eval_every_steps == 0 \
                     and step < config.total_steps:
                 evaluate(step)

@@ -12,25 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 from evit_jax.bench.measure import Result, measure
 from evit_jax.bench.programs import DTYPES, make_program, parts_of
-from evit_jax.zoo import list_models
+from evit_jax.cli import UserError, parse_resolution, run, write_atomic
+from evit_jax.zoo import list_models, model_info
 
-
-def parse_resolution(text: str) -> tuple[int, int]:
-    """`224` -> (224, 224); `512x1024` -> (512, 1024)."""
-    try:
-        parts = [int(p) for p in text.lower().split("x")]
-    except ValueError:
-        parts = []
-    if len(parts) == 1:
-        parts = parts * 2
-    if len(parts) != 2 or min(parts) <= 0:
-        raise argparse.ArgumentTypeError(f"resolution must look like 224 or 512x1024, got {text!r}")
-    return parts[0], parts[1]
+PROG = "evit-bench"
 
 
 def expand_models(patterns: list[str]) -> list[str]:
@@ -40,13 +29,27 @@ def expand_models(patterns: list[str]) -> list[str]:
         hits = list_models() if p == "all" else list_models(p) if any(c in p for c in "*?[") \
             else [p]
         if not hits:
-            raise SystemExit(f"evit-bench: no zoo model matches {p!r} (see evit_jax.list_models())")
+            raise UserError(f"no zoo model matches {p!r} (see evit_jax.list_models())")
         names += [n for n in hits if n not in names]
+    for n in names:
+        model_info(n)  # an unknown name fails here, before any timing, with close names
     return names
 
 
+class _Parser(argparse.ArgumentParser):
+    """Keeps the arguments it does not know for `--vs-reference` (they go to
+    evit_jax.bench.compare) and refuses them otherwise."""
+
+    def parse_args(self, args=None, namespace=None):  # noqa: D102
+        ns, rest = self.parse_known_args(args, namespace)
+        if rest and not ns.vs_reference:
+            self.error(f"unrecognized arguments: {' '.join(rest)}")
+        ns.rest = rest
+        return ns
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="evit-bench", description=__doc__,
+    ap = _Parser(prog=PROG, description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", nargs="+", default=["efficientvit-b1"],
                     help="zoo names or shell patterns ('all', '*seg*')")
@@ -109,14 +112,15 @@ def format_table(rows: list[Result]) -> str:
                      + [fmt(line) for line in lines[1:]])
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    args, rest = build_parser().parse_known_args(argv)
+def _main(args: argparse.Namespace) -> int:
     if args.vs_reference:
         from evit_jax.bench import compare
-        return compare.main(["--ref", args.vs_reference, *rest])
-    if rest:
-        build_parser().error(f"unrecognized arguments: {' '.join(rest)}")
+        return compare.main(["--ref", args.vs_reference, *args.rest])
+    if min(args.batch) < 1 or args.iters < 1:
+        raise UserError(f"--batch and --iters must be at least 1, got --batch "
+                        f"{' '.join(map(str, args.batch))} --iters {args.iters}")
+    if args.max_seconds <= 0:
+        raise UserError(f"--max-seconds must be positive, got {args.max_seconds}")
     from tqdm.auto import tqdm
 
     from evit_jax.nn.depthwise import default_impl, set_depthwise_impl
@@ -124,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         set_depthwise_impl(args.depthwise)
     todo = cases(args)
     rows: list[Result] = []
-    bar = tqdm(todo, desc="evit-bench", unit="case", disable=args.no_progress, file=sys.stderr)
+    bar = tqdm(todo, desc=PROG, unit="case", disable=args.no_progress, file=sys.stderr)
     for name, part, batch, res, dtype in bar:
         bar.set_postfix_str(f"{name} {part} b{batch} {dtype}")
         prog = make_program(name, batch, res, dtype, part, fuse=args.fuse_bn)
@@ -141,9 +145,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def write_atomic(path: str, text: str) -> None:
-    """Write `text` to `path` through a temporary file, so a crash never leaves half a file."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status (`evit_jax.cli`)."""
+    return run(PROG, build_parser(), _main, argv)

@@ -143,7 +143,8 @@ class Worker:
 def reference_worker(ref: Path, threads: int) -> Worker:
     python = ref / "venv" / "bin" / "python"
     if not python.exists() or not (ref / "src" / "efficientvit").is_dir():
-        raise SystemExit(
+        from evit_jax.cli import UserError
+        raise UserError(
             f"no reference set up in {ref}: run setup.sh (shared/reference/setup.sh "
             "MIRROR_GIT_DIR DEST, with MIRROR_GIT_DIR a git snapshot of "
             "mit-han-lab/efficientvit) and pass --ref DEST")
@@ -214,8 +215,11 @@ def parse_env(text: str) -> tuple[str, dict[str, str]]:
     return label, env
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m evit_jax.bench.compare", description=__doc__,
+PROG = "python -m evit_jax.bench.compare"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ref", type=Path, help="the reference set up by setup.sh (its DEST)")
     ap.add_argument("--no-ref", action="store_true",
@@ -235,12 +239,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--markdown", action="store_true", help="print a markdown table")
     ap.add_argument("--json", metavar="PATH", help="write the raw times and summary as JSON")
     ap.add_argument("--no-progress", action="store_true")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status (`evit_jax.cli`)."""
+    from evit_jax.cli import run
+    return run(PROG, build_parser(), _main, argv)
+
+
+def _main(args: argparse.Namespace) -> int:
+    from evit_jax.cli import UserError
     cases = list(args.case) + (list(TARGETS) if args.targets else [])
     if not cases:
-        ap.error("give --case NAME:RES:BATCH (repeatable) or --targets")
+        raise UserError("give --case NAME:RES:BATCH (repeatable) or --targets")
     if args.ref is None and not args.no_ref:
-        ap.error("give --ref DEST (the reference set up by setup.sh) or --no-ref")
+        raise UserError("give --ref DEST (the reference set up by setup.sh) or --no-ref")
     from tqdm.auto import tqdm
 
     env = {"EVIT_FUSE_BN": "1"} if args.fuse_bn else {}
@@ -267,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             w.close()
     print(format_rows(rows, baseline, args.markdown))
     if args.json:
-        from evit_jax.bench.cli import write_atomic
+        from evit_jax.cli import write_atomic
         write_atomic(args.json, json.dumps(rows, indent=1) + "\n")
     return 0
 

@@ -2,11 +2,12 @@
 
   evit-convert --model efficientvit-b1-r224 --src efficientvit_b1_r224.pt --dst ckpt/b1
   evit-convert --model efficientvit_b1 --src model.safetensors --dst ckpt/b1-timm --verify
+  evit-convert --model efficientvit-b1-r224 --dst ckpt/b1   (the published file, from the Hub)
 
 Reads the file without torch and without running pickled code (`readers`), maps the keys
 strictly (`keymap.convert_state_dict`), optionally checks the result against PyTorch
 (`verify`), and writes DST atomically (`evit_jax.io.save_variables`): a failed run leaves no
-DST. User errors exit with status 1 and one message, no traceback.
+DST. User errors exit with status 1 and one line, no traceback (`evit_jax.cli`).
 """
 
 from __future__ import annotations
@@ -18,18 +19,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from evit_jax.convert.errors import CheckpointFormatError
-from evit_jax.convert.keymap import CheckpointMismatchError, convert_state_dict
+from evit_jax.cli import UserError, run
+from evit_jax.convert.keymap import convert_state_dict
 from evit_jax.convert.readers import detect_format, file_sha256, load_state_dict
 from evit_jax.convert.verify import VerificationError
 from evit_jax.io import save_variables
 from evit_jax.zoo import model_info
 
 PROG = "evit-convert"
-
-
-class UsageError(Exception):
-    """A problem with the command line (unknown model, existing DST)."""
 
 
 def convert_checkpoint(model: str, src: str | Path, dst: str | Path, *, key: str | None = None,
@@ -47,22 +44,17 @@ def convert_checkpoint(model: str, src: str | Path, dst: str | Path, *, key: str
     Returns:
       A summary dict: model, src, dst, format, tensors, params, sha256, seconds, verify errors.
     Raises:
-      UsageError, FileNotFoundError, CheckpointFormatError, CheckpointMismatchError,
-      VerificationError, OSError.
+      UserError (unknown model, existing DST; CheckpointFormatError, CheckpointMismatchError
+      and VerificationError derive from it), FileNotFoundError, OSError.
     """
     t0 = time.perf_counter()
-    try:
-        spec = model_info(model)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
+    spec = model_info(model)
     src, dst = Path(src), Path(dst)
     if verify:  # fail before any work when torch is missing
         from evit_jax.convert.verify import require_torch
 
         require_torch()
-    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())) and not overwrite:
-        raise UsageError(f"destination {dst} already exists and is not empty; choose a new "
-                         "--dst or pass --overwrite")
+    _check_dst(dst, overwrite)
     fmt = detect_format(src)
     state_dict = load_state_dict(src, key)
     variables = convert_state_dict(model, state_dict)
@@ -77,6 +69,15 @@ def convert_checkpoint(model: str, src: str | Path, dst: str | Path, *, key: str
     save_variables(variables, dst, model=spec.name, metadata=meta, overwrite=overwrite)
     summary["seconds"] = time.perf_counter() - t0
     return summary
+
+
+def _check_dst(dst: Path, overwrite: bool) -> None:
+    if dst.exists() and not dst.is_dir():
+        raise UserError(f"destination {dst} exists and is a file, not a directory; choose a "
+                        "new --dst")
+    if dst.is_dir() and any(dst.iterdir()) and not overwrite:
+        raise UserError(f"destination {dst} already exists and is not empty; choose a new "
+                        "--dst or pass --overwrite")
 
 
 def _leaves(tree: Any):
@@ -114,7 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
         "timm's .safetensors/.bin) into an evit-jax variables directory. Needs no torch.")
     p.add_argument("--model", required=True,
                    help="zoo name, e.g. efficientvit-b1-r224 or efficientvit_b1 (timm)")
-    p.add_argument("--src", required=True, help="checkpoint file (.pt/.pth/.bin/.safetensors)")
+    p.add_argument("--src", default=None,
+                   help="checkpoint file (.pt/.pth/.bin/.safetensors); default: the model's "
+                        "published checkpoint from the Hugging Face Hub (evit_jax.hub)")
+    p.add_argument("--revision", default=None,
+                   help="without --src: branch, tag or commit of the Hub repository "
+                        "(default main)")
     p.add_argument("--dst", required=True, help="output directory (created atomically)")
     p.add_argument("--key", default=None,
                    help="entry of a training checkpoint holding the weights, e.g. 'ema' "
@@ -126,26 +132,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status (0 ok, 1 error, 2 bad usage)."""
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as e:  # argparse: --help (0) or a bad command line (2), already printed
-        return int(e.code or 0)
-    try:
-        s = convert_checkpoint(args.model, args.src, args.dst, key=args.key, verify=args.verify,
-                               overwrite=args.overwrite)
-    except (UsageError, FileNotFoundError, FileExistsError, CheckpointFormatError,
-            CheckpointMismatchError, VerificationError, OSError) as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; nothing was written", file=sys.stderr)
-        return 130
+def _main(args: argparse.Namespace) -> int:
+    src = args.src
+    if src is None:
+        from evit_jax.hub import checkpoint_location, fetch
+
+        repo, filename = checkpoint_location(args.model)
+        _check_dst(Path(args.dst), args.overwrite)  # before a download
+        src = fetch(args.model, args.revision)
+        print(f"{filename} of huggingface.co/{repo}: {src}")
+    elif args.revision:
+        raise UserError("--revision picks a Hub revision: use it without --src")
+    s = convert_checkpoint(args.model, src, args.dst, key=args.key, verify=args.verify,
+                           overwrite=args.overwrite)
     print(f"{s['model']}: {s['tensors']} tensors from {s['src']} ({s['format']}, sha256 "
           f"{s['sha256'][:12]}) -> {s['params'] / 1e6:.3f} M parameters")
     print(f"wrote {s['dst']} in {s['seconds']:.1f} s")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status (`evit_jax.cli`: 0 ok, 1 user error,
+    2 bad command line, 130 interrupted; nothing is written unless it succeeds)."""
+    return run(PROG, build_parser(), _main, argv)
 
 
 if __name__ == "__main__":

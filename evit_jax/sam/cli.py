@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,11 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from evit_jax.cli import UserError, run, write_atomic
+
 PROG = "evit-segment"
-
-
-class UsageError(Exception):
-    """A command line that cannot be run (reported without a traceback)."""
 
 
 def _floats(text: str, n: tuple[int, ...], what: str) -> list[float]:
@@ -35,41 +31,49 @@ def _floats(text: str, n: tuple[int, ...], what: str) -> list[float]:
     except ValueError:
         vals = []
     if len(vals) not in n:
-        raise UsageError(f"{what} {text!r}: expected {' or '.join(map(str, n))} comma-separated "
+        raise UserError(f"{what} {text!r}: expected {' or '.join(map(str, n))} comma-separated "
                          "numbers")
     return vals
 
 
-def load_weights(name: str, path: str) -> dict[str, Any]:
-    """Variables of zoo model `name` from a variables directory (`evit-convert`'s output) or
-    straight from a checkpoint file of the authors (`.pt`), converted in memory."""
-    import evit_jax
-    from evit_jax.convert.readers import load_state_dict
-    from evit_jax.io import read_config
+def read_image(path: str | Path) -> np.ndarray:
+    """uint8 RGB `[H, W, 3]` of an image file. 16-bit images are scaled to 8 bits (not
+    clipped); a decompression bomb (PIL's pixel limit) and unreadable files are UserErrors."""
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
 
     p = Path(path)
-    if p.is_dir():
-        recorded = read_config(p).get("model")
-        if recorded and recorded != name:
-            raise UsageError(f"{p} holds weights of {recorded!r}, not {name!r}")
-        return evit_jax.load_variables(p)
-    if not p.exists():
-        raise FileNotFoundError(f"{p}: no such file or directory")
-    return evit_jax.convert_state_dict(name, load_state_dict(p))
-
-
-def _write_atomic(path: Path, write) -> None:
-    """Write via a temporary file in the same directory, renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no such image file")
     try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(p) as im:
+                return _to_rgb8(p, im)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise UserError(f"{p}: too many pixels to decode safely ({e}); downscale the image "
+                        "first") from None
+    except UnidentifiedImageError:
+        raise UserError(f"{p}: not an image file PIL can read (give a PNG, JPEG, ...)") from None
+    except (OSError, SyntaxError, ValueError) as e:  # PIL's decoders: truncated / corrupt data
+        raise UserError(f"{p}: cannot decode the image ({e}); is the file complete?") from None
+
+
+def _to_rgb8(p: Path, im: Any) -> np.ndarray:
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):  # 16-bit grey (PNG, TIFF)
+        a = np.asarray(im).astype(np.int64)
+        if a.min() < 0 or a.max() > 65535:
+            raise UserError(f"{p}: 32-bit integer pixels ({a.min()}..{a.max()}); save it as an "
+                            "8- or 16-bit image")
+        if im.mode == "I" and a.max() <= 255:  # 8-bit values stored as int32
+            grey = a.astype(np.uint8)
+        else:
+            grey = ((a * 255 + 32767) // 65535).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    if im.mode == "F":
+        raise UserError(f"{p}: floating-point pixels; save it as an 8- or 16-bit image")
+    return np.asarray(im.convert("RGB"))
 
 
 def save_masks(path: Path, masks: np.ndarray, scores: np.ndarray,
@@ -93,8 +97,8 @@ def save_masks(path: Path, masks: np.ndarray, scores: np.ndarray,
         def write(tmp):
             Path(tmp).write_text(text)
     else:
-        raise UsageError(f"--masks-out {path}: use a .npz or .json file")
-    _write_atomic(path, write)
+        raise UserError(f"--masks-out {path}: use a .npz or .json file")
+    write_atomic(path, write)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,38 +136,34 @@ def _prompts(args) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | N
         points = np.array([v[:2] for v in vals])
         labels = np.array([int(v[2]) if len(v) == 3 else 1 for v in vals])
         if not np.isin(labels, (0, 1)).all():
-            raise UsageError("--point LABEL must be 1 (foreground) or 0 (background)")
+            raise UserError("--point LABEL must be 1 (foreground) or 0 (background)")
     if args.box:
         boxes = np.array([_floats(t, (4,), "--box") for t in args.box])
         if points is not None and len(boxes) > 1:
-            raise UsageError("clicks combine with one --box; give several boxes without clicks")
+            raise UserError("clicks combine with one --box; give several boxes without clicks")
     return points, labels, boxes
 
 
-def run(args) -> dict[str, float]:
+def segment(args: argparse.Namespace) -> dict[str, float]:
     """Load, encode, decode, draw and save; returns the timings in seconds."""
-    from PIL import Image
-
     import evit_jax
     from evit_jax.sam import SamAutomaticMaskGenerator, SamPredictor
     from evit_jax.sam import prompts as P
     from evit_jax.sam.draw import overlay
 
     if evit_jax.model_info(args.model).task != "sam":
-        raise UsageError(f"{args.model} is not a SAM model; see evit_jax.list_models('*sam*')")
+        raise UserError(f"{args.model} is not a SAM model; see evit_jax.list_models('*sam*')")
     if args.auto and (args.box or args.point):
-        raise UsageError("--auto segments everything: give it no --point / --box")
+        raise UserError("--auto segments everything: give it no --point / --box")
     if not (args.auto or args.box or args.point):
-        raise UsageError("give prompts: --point X,Y[,LABEL] and/or --box X0,Y0,X1,Y1, or --auto")
+        raise UserError("give prompts: --point X,Y[,LABEL] and/or --box X0,Y0,X1,Y1, or --auto")
     points, labels, boxes = _prompts(args)
-    if not Path(args.image).is_file():
-        raise FileNotFoundError(f"{args.image}: no such image file")
     out = Path(args.out)
     if out.suffix.lower() != ".png":
-        raise UsageError(f"--out {out}: write a .png file")
+        raise UserError(f"--out {out}: write a .png file")
     if args.masks_out and Path(args.masks_out).suffix not in (".npz", ".json"):
-        raise UsageError(f"--masks-out {args.masks_out}: use a .npz or .json file")
-    image = np.asarray(Image.open(args.image).convert("RGB"))
+        raise UserError(f"--masks-out {args.masks_out}: use a .npz or .json file")
+    image = read_image(args.image)
     size = image.shape[:2]
     if points is not None:  # check the prompts before the (slow) model
         P.check_points(points, labels, size)
@@ -171,7 +171,8 @@ def run(args) -> dict[str, float]:
         P.check_boxes(boxes, size, batched=True)
     t = {}
     t0 = time.perf_counter()
-    model, variables = evit_jax.create_model(args.model), load_weights(args.model, args.weights)
+    model = evit_jax.create_model(args.model)
+    variables = evit_jax.load_variables(args.weights, model=args.model)
     t["load"] = time.perf_counter() - t0
     extra: dict[str, Any] = {}
     if args.auto:
@@ -207,36 +208,26 @@ def run(args) -> dict[str, float]:
                 masks, scores = masks[best:best + 1], scores[best:best + 1]
         t["decode"] = time.perf_counter() - t0
     img = overlay(image, masks, points=points, labels=labels, boxes=boxes)
-    _write_atomic(out, lambda tmp: img.save(tmp, format="PNG"))
+    write_atomic(out, lambda tmp: img.save(tmp, format="PNG"))
     if args.masks_out:
         save_masks(Path(args.masks_out), masks, scores, extra)
     t["masks"] = len(masks)
     return t
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the exit status (0 ok, 1 error, 2 bad usage)."""
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as e:  # argparse: --help (0) or a bad command line (2), already printed
-        return int(e.code or 0)
-    from evit_jax.convert.errors import CheckpointFormatError
-    from evit_jax.convert.keymap import CheckpointMismatchError
-
-    try:
-        t = run(args)
-    except (UsageError, FileNotFoundError, ValueError, TypeError, OSError,
-            CheckpointFormatError, CheckpointMismatchError) as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+def _main(args: argparse.Namespace) -> int:
+    t = segment(args)
     stages = [f"{k} {t[k]:.2f} s" for k in ("load", "encode", "decode", "generate") if k in t]
     print(f"{args.model}: {t['masks']} mask(s) -> {args.out}"
           + (f", {args.masks_out}" if args.masks_out else ""))
     print("time: " + ", ".join(stages) + " (first calls include XLA compilation)")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status (`evit_jax.cli`: 0 ok, 1 user error,
+    2 bad command line, 130 interrupted)."""
+    return run(PROG, build_parser(), _main, argv)
 
 
 if __name__ == "__main__":

@@ -195,6 +195,11 @@ class SamPredictor:
             raise ValueError(f"points, boxes and mask_input must have the same batch size, "
                              f"got {sorted(sizes)}")
         n = sizes.pop()
+        if n == 0:  # no prompts (e.g. a detector found no boxes): empty results, no decode
+            c, (h, w), low = (3 if multimask_output else 1), self.original_size, \
+                self.cfg.low_res_size
+            return (np.zeros((0, c, h, w), np.float32 if return_logits else bool),
+                    np.zeros((0, c), np.float32), np.zeros((0, c, low, low), np.float32))
         if points is None and point_labels is not None:
             raise ValueError("point_labels were given without points")
         if points is not None:

@@ -20,9 +20,10 @@ PIXEL_STD = np.array([58.395, 57.12, 57.375], np.float64) / 255
 
 
 def preprocess_shape(h: int, w: int, long_side: int) -> tuple[int, int]:
-    """(H, W) after scaling the longest side to `long_side` (rounded half up)."""
+    """(H, W) after scaling the longest side to `long_side` (rounded half up; at least 1, so a
+    1x5000 strip stays one row high instead of vanishing)."""
     scale = long_side * 1.0 / max(h, w)
-    return int(h * scale + 0.5), int(w * scale + 0.5)
+    return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
 
 
 def check_image(image: np.ndarray) -> None:

@@ -19,7 +19,7 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from train.datasets import shapes
+from . import shapes
 
 DEFAULT_DATA_DIR = os.path.join(os.path.expanduser("~"), ".cache", "evit_jax",
                                 "tensorflow_datasets")

@@ -105,7 +105,7 @@ def open_source(data: Any, split: str, task: str
                          "of the Places challenge, not ADE20K's 150-class semantic labels; "
                          "point data.name at 'ade20k:/path/to/ADEChallengeData2016' instead")
     if name.split("/")[0] == "evit_shapes":
-        from train.datasets.builder import load_split
+        from .builder import load_split
         config = name.split("/")[1] if "/" in name else "default"
         src = load_split(split, config, data.data_dir or None)
         if task == "seg":  # background 0, shape k -> k + 1: 11 classes

@@ -92,16 +92,10 @@ def gather_to_first(items: list) -> list | None:
 
 
 def load_weights(name: str, path: str) -> Any:
-    import inspect
-
+    """Variables of `name` from whatever `evit_jax.load_variables` reads (it checks the model
+    the weights record)."""
     import evit_jax
-    if "model" in inspect.signature(evit_jax.load_variables).parameters:
-        return evit_jax.load_variables(path, model=name)
-    from evit_jax.io import read_config  # until load_variables checks `model` itself
-    recorded = read_config(path).get("model")
-    if recorded and recorded != name:
-        raise UserError(f"{path} holds weights of {recorded!r}, not {name!r}")
-    return evit_jax.load_variables(path)
+    return evit_jax.load_variables(path, model=name)
 
 
 def load_images(args: argparse.Namespace) -> tuple[list[D.EvalImage], dict | None]:

@@ -161,11 +161,7 @@ def shapes_images(name: str = "evit_shapes", data_dir: str | None = None) -> lis
     """The validation split of the embedded dataset (`evit_shapes` or `evit_shapes/tiny`,
     built on first use under `data_dir`, default `$EVIT_DATA_DIR`) as `EvalImage`s."""
     config = name.split("/", 1)[1] if "/" in name else "default"
-    try:  # the dataset's builder lives with the trainer (train/datasets)
-        from train.datasets.builder import load_split
-    except ImportError as e:
-        raise UserError(f"--dataset {name} needs the trainer's dataset code (train/) on the "
-                        f"path: run from an evit-jax checkout ({e})") from None
+    from evit_jax.train.datasets.builder import load_split
     src = load_split("validation", config, data_dir)
     images, next_id = [], 1
     for i in range(len(src)):

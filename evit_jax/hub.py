@@ -1,0 +1,129 @@
+"""Pretrained weights from the Hugging Face Hub: `evit_jax.pretrained(name)`.
+
+Where each zoo name's checkpoint lives (`checkpoint_location`):
+
+  classification  han-cai/efficientvit-cls      efficientvit_b1_r224.pt, ...  (the zoo entry's
+  segmentation    han-cai/efficientvit-seg      efficientvit_seg_b1_cityscapes.pt  `checkpoint`)
+  SAM             mit-han-lab/efficientvit-sam  efficientvit_sam_l0.pt, ...
+  timm names      timm/efficientvit_b1.r224_in1k  model.safetensors  (tag default: r224_in1k)
+
+The file is fetched with `huggingface_hub.hf_hub_download` (its cache, `revision=` pinning,
+`HF_HUB_OFFLINE=1`, tokens), read by the torch-free restricted reader, converted, and the
+converted variables are kept in `$EVIT_JAX_CACHE/pretrained/<name>-<blob>` (default
+`~/.cache/evit_jax`, under `$XDG_CACHE_HOME` when set), keyed by the downloaded file's content,
+so the next call reads them back without converting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+from evit_jax.cli import UserError
+
+REPOS = {"cls": "han-cai/efficientvit-cls", "seg": "han-cai/efficientvit-seg",
+         "sam": "mit-han-lab/efficientvit-sam"}
+TIMM_FILE = "model.safetensors"
+TIMM_DEFAULT_TAG = "r224_in1k"  # timm's default pretrained tag of every efficientvit_* model
+
+
+def checkpoint_location(name: str) -> tuple[str, str]:
+    """(Hub repository, file name) of the published checkpoint of zoo model `name`."""
+    from evit_jax.zoo import MODELS, model_info
+
+    spec = model_info(name)
+    if spec.key_style == "timm":
+        tag = name.partition(".")[2] or TIMM_DEFAULT_TAG
+        return f"timm/{spec.name}.{tag}", TIMM_FILE
+    if not spec.checkpoint:
+        with_ckpt = sorted(n for n, s in MODELS.items() if s.checkpoint and s.task == spec.task
+                           and s.backbone == spec.backbone)
+        raise UserError(f"{spec.name} has no published checkpoint (an architecture-only name); "
+                        f"pick one that has: {', '.join(with_ckpt) or 'none for this backbone'}")
+    return REPOS[spec.task], spec.checkpoint
+
+
+def cache_root() -> Path:
+    """Where converted pretrained variables are kept: $EVIT_JAX_CACHE, else
+    $XDG_CACHE_HOME/evit_jax, else ~/.cache/evit_jax."""
+    if os.environ.get("EVIT_JAX_CACHE"):
+        return Path(os.environ["EVIT_JAX_CACHE"])
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(xdg) / "evit_jax"
+
+
+def fetch(name: str, revision: str | None = None, cache_dir: str | os.PathLike | None = None
+          ) -> Path:
+    """The local path of `name`'s checkpoint file, downloaded into the Hub cache if needed.
+
+    Args:
+      name: zoo name (timm names may carry their pretrained tag, `efficientvit_b1.r288_in1k`).
+      revision: a branch, tag or commit of the repository (default "main"); pin a commit for
+        reproducible runs.
+      cache_dir: the Hub cache (default: huggingface_hub's, `HF_HUB_CACHE` / `HF_HOME`).
+    Raises:
+      UserError: no published checkpoint, or it cannot be fetched (offline and not cached,
+        unknown revision, no network), naming the repository and file.
+    """
+    repo, filename = checkpoint_location(name)
+    try:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.utils import HfHubHTTPError, LocalEntryNotFoundError
+    except ImportError as e:  # a declared dependency; only a broken install lacks it
+        raise UserError(f"downloading weights needs huggingface_hub ({e}): "
+                        "pip install huggingface_hub") from None
+    try:
+        return Path(hf_hub_download(repo, filename, revision=revision, cache_dir=cache_dir))
+    except LocalEntryNotFoundError:
+        raise UserError(f"{filename} of huggingface.co/{repo} (revision {revision or 'main'}) "
+                        "is not in the Hugging Face cache and cannot be downloaded (offline: "
+                        "HF_HUB_OFFLINE=1, or no network): fetch it once online, or convert a "
+                        "local copy with evit-convert --src FILE") from None
+    except (HfHubHTTPError, OSError) as e:
+        raise UserError(f"cannot fetch {filename} from huggingface.co/{repo} "
+                        f"(revision {revision or 'main'}): {e}") from None
+
+
+def _content_key(path: Path) -> str:
+    """A short content id of a downloaded file: the Hub cache names blobs by their hash (the
+    snapshot file is a link to it); without links, hash the file."""
+    real = Path(os.path.realpath(path))
+    if real != path.absolute() and real.parent.name == "blobs":
+        return real.name[:16]
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def pretrained(name: str, *, revision: str | None = None,
+               cache_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Variables of the authors' (or timm's) checkpoint of zoo model `name`, like timm's
+    `pretrained=True`: `create_model(name).apply(evit_jax.pretrained(name), x)`.
+
+    The first call downloads (module docstring) and converts; later calls read the converted
+    copy from the cache. `revision` and `cache_dir` go to `huggingface_hub.hf_hub_download`.
+    """
+    from evit_jax.io import load_variables, read_config, save_variables
+    from evit_jax.zoo import model_info
+
+    spec = model_info(name)
+    path = fetch(name, revision, cache_dir)
+    repo, filename = checkpoint_location(name)
+    full = spec.name if spec.key_style != "timm" else repo.split("/", 1)[1]
+    converted = cache_root() / "pretrained" / f"{full}-{_content_key(path)}"
+    if (converted / "config.json").is_file():
+        try:
+            read_config(converted)
+            return load_variables(converted, model=spec.name)
+        except (OSError, ValueError):  # a damaged cache entry: convert again below
+            pass
+    variables = load_variables(path, model=name)  # restricted reader + strict conversion
+    save_variables(variables, converted, model=spec.name, overwrite=True,
+                   metadata={"source_repo": repo, "source_file": filename,
+                             "source_revision": revision or "main",
+                             "source_snapshot": path.parent.name, "converted_by": "pretrained"})
+    return variables

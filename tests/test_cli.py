@@ -1,0 +1,193 @@
+"""Every console script: `--help` runs, and each main user error (bad path, wrong model for the
+weights, bad image, bad flag value) is one line `PROG: error: ...` on stderr naming the fix,
+exit status 1 (2 for a command line argparse / absl refuses), and no traceback."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import evit_jax
+from evit_jax.bench.cli import main as bench_main
+from evit_jax.convert.cli import main as convert_main
+from evit_jax.export import main as export_main
+from evit_jax.sam.cli import main as segment_main
+from evit_jax.sam.cli import read_image
+from train.evaluate import build_parser as eval_parser
+from train.evaluate import main as eval_main
+
+ROOT = Path(__file__).resolve().parents[1]
+# [project.scripts] of pyproject.toml (tomllib is Python >= 3.11 only)
+SCRIPTS = dict(re.findall(r'^(evit-[\w-]+) = "([\w.:]+)"$',
+                          (ROOT / "pyproject.toml").read_text(), re.M))
+
+
+def _entry(script: str):
+    module, func = SCRIPTS[script].split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def _one_line_error(capsys, status: int, prog: str, *needles: str, code: int = 1) -> None:
+    err = capsys.readouterr().err
+    assert status == code, err
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err and len(lines) == 1, err
+    assert lines[0].startswith(f"{prog}: error: "), err
+    for n in needles:
+        assert n in lines[0], err
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """A variables directory of efficientvit-b0 (recorded) and one that records no model."""
+    d = tmp_path_factory.mktemp("weights")
+    v = evit_jax.init_variables(evit_jax.create_model("efficientvit-b0"))
+    return (evit_jax.save_variables(v, d / "b0", model="efficientvit-b0"),
+            evit_jax.save_variables(v, d / "anonymous"))
+
+
+@pytest.mark.parametrize("script", sorted(s for s in SCRIPTS if s != "evit-train"))
+def test_help_and_unknown_flag(script, capsys):
+    main = _entry(script)
+    assert main(["--help"]) == 0
+    assert "usage:" in capsys.readouterr().out
+    assert main(["--no-such-flag"]) == 2
+    assert f"{script}: error: " in capsys.readouterr().err  # argparse's message and usage
+
+
+def test_evit_train_help_and_flag_errors(tmp_path):
+    """absl's flags, reported like the others: --help exits 0, a bad value is one line, 2."""
+    assert SCRIPTS["evit-train"] == "evit_jax.train.main:run"  # = train/main.py
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    run = lambda *a: subprocess.run([sys.executable, "-m", "train.main", *a], cwd=ROOT, env=env,
+                                    capture_output=True, text=True, timeout=300)
+    r = run("--help")
+    assert r.returncode == 0 and "--workdir" in r.stdout, r.stderr
+    r = run("--config", "configs/demo.py", "--workdir", str(tmp_path), "--config.lr=fast")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "evit-train: error: flag --config.lr=fast: could not convert string to float: 'fast' "
+        "(see evit-train --help)"]
+
+
+def test_evit_convert(weights, tmp_path, capsys):
+    b0, _ = weights
+    src = ["--src", str(b0 / "variables.safetensors")]
+    status = convert_main(["--model", "efficientvit-b9", *src, "--dst", str(tmp_path / "d")])
+    _one_line_error(capsys, status, "evit-convert", "unknown model 'efficientvit-b9'",
+                    "did you mean")
+    status = convert_main(["--model", "efficientvit-b0", "--src", str(tmp_path / "no.pt"),
+                           "--dst", str(tmp_path / "d")])
+    _one_line_error(capsys, status, "evit-convert", "no.pt: no such checkpoint file")
+    (tmp_path / "empty").write_bytes(b"")
+    status = convert_main(["--model", "efficientvit-b0", *src, "--dst", str(tmp_path / "empty")])
+    _one_line_error(capsys, status, "evit-convert", "is a file, not a directory",
+                    "choose a new --dst")
+    status = convert_main(["--model", "efficientvit-b0", "--src", str(tmp_path / "empty"),
+                           "--dst", str(tmp_path / "d")])
+    _one_line_error(capsys, status, "evit-convert", "empty")
+    assert not (tmp_path / "d").exists()
+
+
+def _png_bomb(path: Path, side: int = 100_000) -> None:
+    """A 60-byte PNG whose header claims side x side pixels (10 gigapixels)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(
+            ">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+
+
+def test_evit_segment(weights, tmp_path, capsys):
+    b0, _ = weights
+    img = tmp_path / "in.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(img)
+    base = ["--point", "2,2", "--out", str(tmp_path / "out.png")]
+
+    def seg(*args, weights=b0, image=img):
+        return segment_main(["--model", "efficientvit-sam-l0", "--weights", str(weights),
+                             "--image", str(image), *base, *args])
+
+    _one_line_error(capsys, seg(weights=tmp_path / "nope"), "evit-segment",
+                    "nope: no such file or directory", "evit-convert")
+    _one_line_error(capsys, seg(), "evit-segment", "holds weights of 'efficientvit-b0', not "
+                    "'efficientvit-sam-l0'", "--model efficientvit-b0")
+    (tmp_path / "text.png").write_text("not a picture")
+    _one_line_error(capsys, seg(image=tmp_path / "text.png"), "evit-segment",
+                    "not an image file PIL can read")
+    _png_bomb(tmp_path / "bomb.png")
+    _one_line_error(capsys, seg(image=tmp_path / "bomb.png"), "evit-segment",
+                    "too many pixels to decode safely", "downscale")
+    _one_line_error(capsys, seg("--point", "1,x"), "evit-segment",
+                    "expected 2 or 3 comma-separated numbers")
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_16_bit_images_are_scaled_not_clipped(tmp_path):
+    grey16 = (np.arange(64, dtype=np.uint16).reshape(4, 16) * 1040)  # 0 .. 65520
+    Image.fromarray(grey16).save(tmp_path / "g16.png")
+    rgb = read_image(tmp_path / "g16.png")
+    assert rgb.dtype == np.uint8 and rgb.shape == (4, 16, 3)
+    np.testing.assert_array_equal(rgb[..., 0], np.round(grey16 / 257).astype(np.uint8))
+    assert 0 < rgb.mean() < 255 and (rgb[..., 0] == rgb[..., 2]).all()
+
+
+def test_evit_eval(weights, tmp_path, capsys):
+    b0, _ = weights
+    data = ["--data", "evit_shapes"]
+    _one_line_error(capsys, eval_main(["--weights", str(tmp_path / "nope"), *data]), "evit-eval",
+                    "no such file or directory")
+    _one_line_error(capsys, eval_main(["--weights", str(b0), "--model", "efficientvit-b1",
+                                       *data]), "evit-eval",
+                    "holds weights of 'efficientvit-b0', not 'efficientvit-b1'")
+    _one_line_error(capsys, eval_main(["--weights", str(b0), "--model", "b1", *data]),
+                    "evit-eval", "unknown model 'b1'")
+    _one_line_error(capsys, eval_main(["--weights", str(b0), "--batch-size", "0", *data]),
+                    "evit-eval", "--batch-size must be positive")
+    assert eval_main(["--weights", str(b0), "--batch-size", "x", *data]) == 2
+    # The old underscore spellings still parse (hidden), into the same fields.
+    args = eval_parser().parse_args(["--weights", "w", *data, "--data_dir", "/d",
+                                     "--batch_size", "8", "--num_workers", "0"])
+    assert (args.data_dir, args.batch_size, args.num_workers) == ("/d", 8, 0)
+    assert "--data_dir" not in eval_parser().format_help()
+
+
+def test_evit_export(weights, tmp_path, capsys):
+    b0, anonymous = weights
+    out = ["--out", str(tmp_path / "m.jaxexport")]
+    _one_line_error(capsys, export_main(["--model", "efficientvit-b0", "--weights",
+                                         str(tmp_path / "nope"), *out]), "evit-export",
+                    "no such file or directory")
+    _one_line_error(capsys, export_main(["--model", "efficientvit-b1", "--weights", str(b0),
+                                         *out]), "evit-export",
+                    "holds weights of 'efficientvit-b0', not 'efficientvit-b1'")
+    _one_line_error(capsys, export_main(["--model", "efficientvit-b1", "--weights",
+                                         str(anonymous), *out]), "evit-export",
+                    "records no model name and its weights do not fit efficientvit-b1")
+    _one_line_error(capsys, export_main(["--model", "efficientvit-b0", "--weights", str(b0),
+                                         "--batch", "0", *out]), "evit-export",
+                    "--batch must be at least 1")
+    assert export_main(["--model", "efficientvit-b0", "--weights", str(b0),
+                        "--resolution", "big", *out]) == 2
+    assert not (tmp_path / "m.jaxexport").exists()
+
+
+def test_evit_bench(capsys):
+    _one_line_error(capsys, bench_main(["--model", "efficientvit-b9"]), "evit-bench",
+                    "unknown model 'efficientvit-b9'")
+    _one_line_error(capsys, bench_main(["--model", "nothing*"]), "evit-bench",
+                    "no zoo model matches 'nothing*'")
+    _one_line_error(capsys, bench_main(["--batch", "0"]), "evit-bench",
+                    "--batch and --iters must be at least 1")
+    assert bench_main(["--resolution", "big"]) == 2
+    assert "resolution must look like 224 or 512x1024" in capsys.readouterr().err
