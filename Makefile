@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
-	$(PY) -m pip install -q -e '.[dev]' '$(TORCH)'
+	$(PY) -m pip install -q -e '.[dev,sam-eval]' '$(TORCH)'
 	touch $(STAMP)
 
 setup: $(STAMP)
