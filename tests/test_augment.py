@@ -6,9 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from evit_jax.train import augment, losses
 from PIL import Image
-
-from train import augment, losses
 
 
 @pytest.fixture

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from evit_jax.train.evaluate import build_parser as eval_parser
+from evit_jax.train.evaluate import main as eval_main
 from PIL import Image
 
 import evit_jax
@@ -23,8 +25,6 @@ from evit_jax.convert.cli import main as convert_main
 from evit_jax.export import main as export_main
 from evit_jax.sam.cli import main as segment_main
 from evit_jax.sam.cli import read_image
-from train.evaluate import build_parser as eval_parser
-from train.evaluate import main as eval_main
 
 ROOT = Path(__file__).resolve().parents[1]
 # [project.scripts] of pyproject.toml (tomllib is Python >= 3.11 only)

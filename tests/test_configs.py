@@ -11,13 +11,13 @@ import jax
 import numpy as np
 import pytest
 from absl import flags
+from evit_jax.train import input_pipeline
+from evit_jax.train.optim import make_optimizer
+from evit_jax.train.state import build_model, init_state, make_mesh
+from evit_jax.train.trainer import make_train_step
 from ml_collections import config_flags
 
 from configs import common
-from train import input_pipeline
-from train.optim import make_optimizer
-from train.state import build_model, init_state, make_mesh
-from train.trainer import make_train_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(os.path.basename(p)[:-3] for p in glob.glob(f"{ROOT}/configs/*.py")

@@ -9,11 +9,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from evit_jax.train import augment
+from evit_jax.train.evaluate import Evaluator, run_eval
 from PIL import Image
 
 from tests.helpers import load_synth
-from train import augment
-from train.evaluate import Evaluator, run_eval
 
 synth = load_synth()
 
@@ -77,11 +77,12 @@ def test_miou_is_computed_over_the_whole_split():
 def test_segmentation_eval_on_converted_weights(shapes_dir):
     """Converted (synthetic) Cityscapes weights on the embedded masks: the Evaluator's mIoU
     equals a direct computation with the reference's full-resolution bicubic resize."""
+    from evit_jax.train.input_pipeline import make_eval_dataset
+
     from configs import seg_cityscapes
     from evit_jax import create_model
     from evit_jax.convert.keymap import convert_state_dict
     from evit_jax.models.seg import resize_logits
-    from train.input_pipeline import make_eval_dataset
     name = "efficientvit-seg-b0-cityscapes"
     v = convert_state_dict(name, synth.synthesize(synth.load_schema(name), seed=2))
     c = seg_cityscapes.get_config(f"model={name}")

@@ -5,13 +5,13 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
+from evit_jax.train.optim import path_str
+from evit_jax.train.state import merge_pretrained
 
 from evit_jax import create_model
 from evit_jax.convert.keymap import convert_state_dict
 from evit_jax.zoo import abstract_variables
 from tests.helpers import load_synth
-from train.optim import path_str
-from train.state import merge_pretrained
 
 synth = load_synth()
 

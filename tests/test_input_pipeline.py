@@ -6,11 +6,11 @@ import os
 
 import numpy as np
 import pytest
+from evit_jax.train import augment, input_pipeline
+from evit_jax.train.datasets.sources import CITYSCAPES_LUT, open_source
 from PIL import Image
 
 from configs import demo
-from train import augment, input_pipeline
-from train.datasets.sources import CITYSCAPES_LUT, open_source
 
 
 def _config(shapes_dir, **kw):

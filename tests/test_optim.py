@@ -8,10 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from evit_jax.train.optim import decay_mask, make_optimizer, path_str, warmup_cosine
 from ml_collections import ConfigDict
 
 from configs.common import base_config
-from train.optim import decay_mask, make_optimizer, path_str, warmup_cosine
 
 
 def _reference_lr(step, lr, warmup, total):

@@ -7,9 +7,8 @@ import os
 
 import numpy as np
 import tensorflow_datasets as tfds
-
-from train.datasets import shapes
-from train.datasets.builder import as_numpy
+from evit_jax.train.datasets import shapes
+from evit_jax.train.datasets.builder import as_numpy
 
 
 def test_render_is_deterministic_and_masks_match_labels():

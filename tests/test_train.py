@@ -58,8 +58,7 @@ def _run(cmd, env, devices=DEVICES, **kw):
 
 def _params(workdir, ema=False):
     import jax
-
-    from train.checkpoint import load_inference_variables
+    from evit_jax.train.checkpoint import load_inference_variables
     v = load_inference_variables(str(workdir), use_ema=ema)
     return np.concatenate([np.ravel(x) for x in jax.tree.leaves(v)])
 
@@ -97,9 +96,9 @@ def test_workdir_loads_as_inference_variables(reference_run):
     `create_model(...).apply`; `import evit_jax` alone is enough (train/ loads lazily)."""
     import jax
     import jax.numpy as jnp
+    from evit_jax.train.checkpoint import load_inference_variables
 
     import evit_jax
-    from train.checkpoint import load_inference_variables
     wd, _ = reference_run
     v = evit_jax.load_variables(wd)
     ema = load_inference_variables(str(wd), use_ema=True)
@@ -150,7 +149,7 @@ def test_resume_after_kill_9_equals_uninterrupted(reference_run, env, tmp_path):
 
 
 def test_evit_eval_on_the_workdir_reproduces_the_training_eval(reference_run, shapes_dir):
-    from train.evaluate import run_eval
+    from evit_jax.train.evaluate import run_eval
     wd, _ = reference_run
     res = json.load(open(wd / "eval_results.json"))
     out = run_eval(["--weights", str(wd), "--data", "evit_shapes/tiny", "--data_dir",
