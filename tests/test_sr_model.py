@@ -6,8 +6,13 @@ import numpy as np
 import pytest
 
 import evit_jax
-from evit_jax.models.sr import (EfficientViTSR, SRBodyConfig, SRHeadConfig, pixel_shuffle,
-                                space_to_depth)
+from evit_jax.models.sr import (
+    EfficientViTSR,
+    SRBodyConfig,
+    SRHeadConfig,
+    pixel_shuffle,
+    space_to_depth,
+)
 from evit_jax.nn.resize import resize
 from evit_jax.zoo import abstract_variables
 
