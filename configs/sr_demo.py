@@ -2,7 +2,7 @@
 more than 1 dB PSNR-Y on the held-out images within 10 minutes).
 
 `python -m train.main --config configs/sr_demo.py --workdir runs/sr_demo`
-Arguments: `steps=N` (default 400), `model` (default efficientvit-sr-w0.75-x2), `tiny` (the
+Arguments: `steps=N` (default 1500), `model` (default efficientvit-sr-w0.75-x2), `tiny` (the
 12-image variant, for tests), `runlocal`. LR patches 16x16, batch 8, AdamW 2e-3 cosine, L1.
 """
 
@@ -10,7 +10,7 @@ from configs import common, sr_common
 
 
 def get_config(arg: str | None = None):
-    a = common.parse_arg(arg, steps=400, model="efficientvit-sr-w0.75-x2", tiny=False,
+    a = common.parse_arg(arg, steps=1500, model="efficientvit-sr-w0.75-x2", tiny=False,
                          runlocal=False)
     c = sr_common.sr_base(a.model)
     c.data.name = "evit_sr_demo/tiny" if a.tiny else "evit_sr_demo"

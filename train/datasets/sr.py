@@ -55,12 +55,29 @@ def degrade_window(hr: np.ndarray, top: int, left: int, size: int, scale: int) -
 
 
 # ------------------------------------------------------------------------------- the demo set
+def _fine_texture(rng: np.random.Generator, big: int) -> np.ndarray:
+    """`[big, big, 3]` float texture with detail near the LR Nyquist limit: fine stripes or
+    checks (periods of 3-12 output pixels) half the time, else the shapes set's texture."""
+    if rng.random() < 0.5:
+        return shapes._texture(rng, big)
+    c0, c1 = rng.random(3), rng.random(3)
+    yy, xx = np.mgrid[0:big, 0:big].astype(np.float32) / _SS  # in output pixels
+    a, period = rng.uniform(0, np.pi), rng.uniform(3, 12)
+    u = (xx * np.cos(a) + yy * np.sin(a)) / period
+    v = (-xx * np.sin(a) + yy * np.cos(a)) / period
+    if rng.random() < 0.5:
+        t = (np.floor(u) % 2).astype(np.float32)
+    else:
+        t = ((np.floor(u) + np.floor(v)) % 2).astype(np.float32)
+    return c0 + (c1 - c0) * t[..., None]
+
+
 def render_demo(rng: np.random.Generator, size: int) -> np.ndarray:
     """One demo HR image `[size, size, 3]` uint8: a textured background (the shapes set's
     value noise, stripes, checks, gradients) with 3-6 outlined, textured shapes and thin
     strokes; no blur and no noise, so there is detail for SR to restore."""
     big = size * _SS
-    img = shapes._to_image(shapes._texture(rng, size), big)
+    img = shapes._to_image(_fine_texture(rng, big), big)
     draw = ImageDraw.Draw(img)
     shapes._clutter(draw, rng, big, int(rng.integers(2, 6)))
     for _ in range(int(rng.integers(3, 7))):
@@ -74,7 +91,7 @@ def render_demo(rng: np.random.Generator, size: int) -> np.ndarray:
                  for poly in shapes._polygon(kind, rng)]
         for k, pts in enumerate(polys):
             md.polygon(pts, fill=255 if k == 0 else 0)
-        fill = shapes._to_image(shapes._texture(rng, size), big)
+        fill = shapes._to_image(_fine_texture(rng, big), big)
         img = Image.composite(fill, img, mask)
         draw = ImageDraw.Draw(img)
         if rng.random() < 0.7:
