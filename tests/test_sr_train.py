@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 150
 MIN_GAIN_DB = 0.5  # half the measured gain (the run is deterministic; margin for BLAS)
@@ -27,3 +29,27 @@ def test_sr_demo_reduced_run_beats_bicubic(tmp_path):
     assert res["step"] == STEPS
     assert res["psnr_y"] - res["bicubic_psnr_y"] >= MIN_GAIN_DB, res
     assert "PSNR-Y" in r.stdout and "bicubic" in r.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,arg", [("sr_div2k", "scale=4,width=w0.75"), ("sr_ffhq", "")])
+def test_sr_recipe_runs_a_smoke_step(name, arg):
+    """The big recipes' model, optimizer and loss, on the tiny demo set (~1 min each)."""
+    import importlib
+
+    import jax
+    import numpy as np
+
+    from train.optim import make_optimizer
+    from train.state import build_model, init_state, make_mesh
+    from train.trainer import make_train_step
+    c = importlib.import_module(f"configs.{name}").get_config(",".join(filter(None, [arg,
+                                                                                    "runlocal"])))
+    c.data.name, c.batch_size = "evit_sr_demo/tiny", 2
+    from train.input_pipeline import make_data
+    data = make_data(c)
+    model = build_model(c, 0)
+    tx, schedule = make_optimizer(c)
+    state, _ = init_state(c, model, tx, make_mesh())
+    new, out = jax.jit(make_train_step(c, model, tx, schedule, 0))(state, next(data.train))
+    assert np.isfinite(float(out["loss"])) and int(new.step) == 1
