@@ -55,7 +55,7 @@ def export_model(name: str, variables: Any, resolution: tuple[int, int] | None =
     """
     spec = model_info(name)
     model = create_model(name, dtype=DTYPES[dtype])
-    if fuse:
+    if fuse and variables.get("batch_stats"):  # models without BatchNorm (SR) have none
         variables = fuse_bn(variables, name)
     variables = jax.tree.map(jnp.asarray, variables)
     n = export.symbolic_shape("N")[0] if batch is None else int(batch)

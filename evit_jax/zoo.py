@@ -24,6 +24,7 @@ from evit_jax.models.backbone import BackboneConfig
 from evit_jax.models.cls import EfficientViTCls
 from evit_jax.models.heads import ClsHeadConfig, SegHeadConfig
 from evit_jax.models.seg import EfficientViTSeg
+from evit_jax.models.sr import EfficientViTSR, SRBodyConfig, SRHeadConfig
 from evit_jax.nn.init import recording
 from evit_jax.sam.model import EfficientViTSam, SamConfig
 
@@ -58,8 +59,8 @@ class ModelSpec:
 
     Attributes:
       name: zoo name.
-      task: "cls", "seg" or "sam".
-      backbone: key of BACKBONES.
+      task: "cls", "seg", "sam" or "sr".
+      backbone: key of BACKBONES (SR_BODIES for "sr").
       head: the head config (ClsHeadConfig, SegHeadConfig, or SAM's).
       norm_eps: eps of every norm (the reference's `set_norm_eps`).
       attn_eps: LiteMLA eps (1e-15 official, 1e-5 timm).
@@ -157,12 +158,30 @@ def _build_table() -> dict[str, ModelSpec]:
         name = f"efficientvit_{v}"
         table[name] = dataclasses.replace(table[f"efficientvit-{v}"], name=name, attn_eps=1e-5,
                                           key_style="timm", crop_pct=0.95 if v[0] == "b" else 1.0)
+    _add_sr(table)
     return table
+
+
+# ---------------------------------------------------------------------------------------------
+# Super-resolution (ours; the papers publish no architecture, see docs/sr.md): one body per
+# width, one upsampler per scale. Name: efficientvit-sr[-w0.75]-x{scale}.
+SR_BODIES: dict[str, SRBodyConfig] = {"sr": SRBodyConfig()}
+SR_BODIES["sr-w0.75"] = SR_BODIES["sr"].scaled(0.75)
+_SR = [("sr", 2), ("sr", 3), ("sr", 4), ("sr-w0.75", 2), ("sr-w0.75", 3), ("sr-w0.75", 4)]
+# Evaluation resolution of the LR input: BSD100's 160x240 (-> 320x480 at x2), the paper's.
+SR_RESOLUTION = (160, 240)
+
+
+def _add_sr(table: dict[str, ModelSpec]) -> None:
+    for body, scale in _SR:
+        name = f"efficientvit-{body}-x{scale}"
+        table[name] = ModelSpec(name, "sr", body, SRHeadConfig(scale), 1e-5,
+                                resolution=SR_RESOLUTION)
 
 
 MODELS: dict[str, ModelSpec] = _build_table()
 _FACTORIES: dict[str, Any] = {"cls": EfficientViTCls, "seg": EfficientViTSeg,
-                              "sam": EfficientViTSam}
+                              "sam": EfficientViTSam, "sr": EfficientViTSR}
 
 
 def register(spec: ModelSpec, factory: Any = None) -> None:
@@ -258,4 +277,5 @@ def create_model(name: str, dtype: Any = jnp.float32, **overrides: Any) -> nn.Mo
                         f"allowed: {allowed}")
     kw = dict(norm_eps=spec.norm_eps, attn_eps=spec.attn_eps, dtype=dtype)
     kw.update(overrides)
-    return factory(BACKBONES[spec.backbone], head, **kw)
+    body = SR_BODIES[spec.backbone] if spec.task == "sr" else BACKBONES[spec.backbone]
+    return factory(body, head, **kw)

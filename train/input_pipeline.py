@@ -136,6 +136,10 @@ def make_eval_dataset(config: Any, process_index: int = 0, process_count: int = 
 
 
 def make_data(config: Any, process_index: int = 0, process_count: int = 1) -> Data:
+    if config.task == "sr":
+        from .datasets.sr import make_sr_data
+        from .sr_task import scale_of
+        return make_sr_data(config, scale_of(config), process_index, process_count)
     train, n_train, n_cls = make_train_iterator(config, process_index, process_count)
     ev, n_eval, _ = make_eval_dataset(config, process_index, process_count)
     return Data(train, n_train, ev, n_eval, n_cls)

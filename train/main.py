@@ -75,6 +75,9 @@ def main(argv: list[str]) -> None:
     if jax.process_index() == 0:
         metric = ", ".join(f"{k} {100 * res[k]:.2f}%" for k in ("top1", "top5", "miou")
                            if k in res)
+        if "psnr_y" in res:  # SR: dB and SSIM, next to bicubic's
+            metric = (f"PSNR-Y {res['psnr_y']:.2f} dB, SSIM-Y {res['ssim_y']:.4f} (bicubic "
+                      f"{res['bicubic_psnr_y']:.2f} dB, {res['bicubic_ssim_y']:.4f})")
         print(f"\nDone: step {res['step']} | {metric} | {res['img_per_s']:.1f} img/s "
               f"(training, median)\n  checkpoint: {res['checkpoint']}\n  plot:       "
               f"{res['plot']}\n  metrics:    {os.path.join(FLAGS.workdir, 'metrics.jsonl')}, "

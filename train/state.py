@@ -60,6 +60,8 @@ def leaf_sharding(mesh: Mesh, x: Any, min_size: int = 2**18) -> NamedSharding:
 
 def build_model(config: Any, num_classes: int, train: bool = True) -> Any:
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.dtype]
+    if config.task == "sr":  # no classes, no stochastic depth
+        return create_model(config.model, dtype=dtype)
     kw = dict(num_classes=num_classes)
     if train:
         kw.update(drop_path=config.drop_path, drop_path_skip=config.drop_path_skip,
@@ -123,6 +125,7 @@ def init_state(config: Any, model: Any, tx: Any, mesh: Mesh) -> tuple[TrainState
     key = jax.random.PRNGKey(config.seed)
     # Host-side numpy init (evit_jax.zoo): every host computes the same values.
     variables = init_variables(model, jax.random.fold_in(key, 1))
+    variables.setdefault("batch_stats", {})  # models without BatchNorm (SR) have none
 
     def fresh(v: dict) -> TrainState:
         params, bstats = v["params"], v.get("batch_stats", {})

@@ -21,7 +21,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from . import bn_reset, input_pipeline, losses, metrics, sync
+from . import bn_reset, input_pipeline, losses, metrics, sr_task, sync
 from .checkpoint import RUN_CONFIG, Checkpoints, SigtermFlag, write_json_atomic
 from .evaluate import Evaluator
 from .optim import make_optimizer
@@ -41,6 +41,8 @@ class Preempted(Exception):
 def make_train_step(config: Any, model: Any, tx: Any, schedule: Any, num_classes: int):
     """The (state, batch) -> (state, metrics) function to jit."""
     task, warmup = config.task, config.warmup_steps
+    if task == "sr":
+        return sr_task.make_train_step(config, model, tx, schedule)
     post_warmup = max(config.total_steps - warmup, 1)
 
     def step_fn(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
@@ -97,7 +99,8 @@ def _setup_cache(config: Any) -> None:
 
 def train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     """Train `config` in `workdir` (resuming if it holds checkpoints), evaluate, and return
-    the final evaluation results ({"step", "top1", "top5"} or {"step", "miou"})."""
+    the final evaluation results ({"step", "top1", "top5"}, {"step", "miou"}, or for SR
+    {"step", "psnr_y", "ssim_y", "bicubic_psnr_y", "bicubic_ssim_y"})."""
     _setup_cache(config)
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
@@ -133,8 +136,12 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
                                     in_shardings=(sharding, batch_sharding),
                                     out_shardings=(sharding, None), donate_argnums=(0,)),
                             "train_step")
-    evaluator = Evaluator(build_model(config, num_classes, train=False), config.task,
-                          num_classes, config.eval_batch_size, config.input.ignore_index)
+    if config.task == "sr":
+        evaluator = sr_task.SREvaluator(build_model(config, num_classes, train=False),
+                                        sr_task.scale_of(config))
+    else:
+        evaluator = Evaluator(build_model(config, num_classes, train=False), config.task,
+                              num_classes, config.eval_batch_size, config.input.ignore_index)
 
     def evaluate(step: int) -> dict:
         variables = state.variables()
@@ -146,7 +153,8 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
         result = {"step": step, **res}
         if pid == 0:
             write_json_atomic(os.path.join(workdir, "eval_results.json"), result)
-        progress.write(f"eval @ step {step}: " + ", ".join(f"{k} {100 * v:.2f}%"
+        fmt = (lambda v: f"{v:.4f}") if config.task == "sr" else (lambda v: f"{100 * v:.2f}%")
+        progress.write(f"eval @ step {step}: " + ", ".join(f"{k} {fmt(v)}"
                                                            for k, v in res.items()))
         return result
 

@@ -19,7 +19,8 @@ import numpy as np
 from evit_jax.fuse import fuse_bn
 from evit_jax.zoo import abstract_variables, create_model, model_info
 
-PARTS = {"cls": ("model",), "seg": ("model",), "sam": ("encoder", "decoder", "e2e")}
+PARTS = {"cls": ("model",), "seg": ("model",), "sam": ("encoder", "decoder", "e2e"),
+         "sr": ("model",)}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 

@@ -1,0 +1,55 @@
+"""The SR recipe through the trainer: a reduced `configs/sr_demo.py` run beats bicubic."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 150
+MIN_GAIN_DB = 0.5  # half the measured gain (the run is deterministic; margin for BLAS)
+
+
+def test_sr_demo_reduced_run_beats_bicubic(tmp_path):
+    """150 steps of the demo recipe on the tiny demo set (12 train / 2 held-out images).
+    Measured: PSNR-Y +1.02 dB over bicubic (34.15 vs 33.14), 44 s; the full demo (1500 steps)
+    gains +1.61 dB, see docs/sr.md."""
+    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
+               EVIT_XLA_CACHE=os.environ.get("EVIT_TEST_XLA_CACHE") or str(tmp_path / "xla"))
+    cmd = [sys.executable, "-m", "train.main", "--config",
+           f"configs/sr_demo.py:tiny,steps={STEPS}", "--workdir", str(tmp_path / "wd"),
+           "--config.data.num_workers=0", "--config.progress_bar=False",
+           "--config.log_every_steps=50", "--config.checkpoint_every_steps=1000"]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    res = json.load(open(tmp_path / "wd" / "eval_results.json"))
+    assert set(res) == {"step", "psnr_y", "ssim_y", "bicubic_psnr_y", "bicubic_ssim_y"}
+    assert res["step"] == STEPS
+    assert res["psnr_y"] - res["bicubic_psnr_y"] >= MIN_GAIN_DB, res
+    assert "PSNR-Y" in r.stdout and "bicubic" in r.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,arg", [("sr_div2k", "scale=4,width=w0.75"), ("sr_ffhq", "")])
+def test_sr_recipe_runs_a_smoke_step(name, arg):
+    """The big recipes' model, optimizer and loss, on the tiny demo set (~1 min each)."""
+    import importlib
+
+    import jax
+    import numpy as np
+
+    from evit_jax.train.optim import make_optimizer
+    from evit_jax.train.state import build_model, init_state, make_mesh
+    from evit_jax.train.trainer import make_train_step
+    c = importlib.import_module(f"configs.{name}").get_config(",".join(filter(None, [arg,
+                                                                                    "runlocal"])))
+    c.data.name, c.batch_size = "evit_sr_demo/tiny", 2
+    from evit_jax.train.input_pipeline import make_data
+    data = make_data(c)
+    model = build_model(c, 0)
+    tx, schedule = make_optimizer(c)
+    state, _ = init_state(c, model, tx, make_mesh())
+    new, out = jax.jit(make_train_step(c, model, tx, schedule, 0))(state, next(data.train))
+    assert np.isfinite(float(out["loss"])) and int(new.step) == 1
