@@ -2,11 +2,11 @@
 
 import numpy as np
 import pytest
+from evit_jax.train.datasets.sr import degrade_window, dihedral, make_sr_data, open_sr_source
 from PIL import Image
 
 from configs import sr_demo
 from evit_jax.sr.pairs import degrade, mod_crop, pair_lr_files
-from evit_jax.train.datasets.sr import degrade_window, dihedral, make_sr_data, open_sr_source
 
 
 @pytest.mark.parametrize("scale", [2, 3, 4])

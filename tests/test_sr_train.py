@@ -39,7 +39,6 @@ def test_sr_recipe_runs_a_smoke_step(name, arg):
 
     import jax
     import numpy as np
-
     from evit_jax.train.optim import make_optimizer
     from evit_jax.train.state import build_model, init_state, make_mesh
     from evit_jax.train.trainer import make_train_step

@@ -17,6 +17,7 @@ from jax.experimental import multihost_utils
 
 from evit_jax.sr.pairs import score, to_uint8
 from evit_jax.zoo import model_info
+
 from .evaluate import local_copy
 
 Array = jax.Array

@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from evit_jax.sr.pairs import check_pair, degrade, list_images, mod_crop, pair_lr_files
+
 from . import shapes
 from .sources import FileSource, _rgb
 
