@@ -216,14 +216,16 @@ def check_model(path: str | os.PathLike, recorded: str | None, model: str | None
     """Raise a one-line UserError when weights recorded as `recorded` are asked for as
     `model` (nothing to check when either is unknown)."""
     from evit_jax.cli import UserError
-    from evit_jax.zoo import MODELS, model_info
+    from evit_jax.zoo import model_info
 
     if not model or not recorded:
         return
     model_info(model)  # an unknown requested name: the zoo's own message (with suggestions)
-    if recorded.split(".", 1)[0] not in MODELS:
+    try:
+        model_info(recorded)
+    except ValueError:
         raise UserError(f"{path} holds weights of {recorded!r}, a model this evit-jax does not "
-                        f"know; upgrade evit-jax or use the weights of {model!r}")
+                        f"know; upgrade evit-jax or use the weights of {model!r}") from None
     if not same_model(recorded, model):
         raise UserError(f"{path} holds weights of {recorded!r}, not {model!r}: pass --model "
                         f"{recorded}, or weights of {model}")
