@@ -119,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--platform", nargs="+", default=None,
                     help="target platforms, e.g. cpu cuda tpu (default: this backend)")
     ap.add_argument("--no-fuse-bn", action="store_true", help="keep BatchNorm separate")
+    from evit_jax.deploy import cli as deploy_cli  # --format onnx (deploy helper)
+    deploy_cli.add_arguments(ap)
     args = ap.parse_args(argv)
     from evit_jax.io import load_variables, read_config
 
@@ -129,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"{args.weights} holds variables of {config['model']}, "
                              f"not {args.model}")
         variables = load_variables(args.weights)
+        if args.format != "stablehlo":  # ONNX etc.: evit_jax.deploy (deploy helper)
+            print(deploy_cli.export(args, variables))
+            return 0
         exp = export_model(args.model, variables, args.resolution, args.part, args.dtype,
                            args.batch, tuple(args.platform) if args.platform else None,
                            fuse=not args.no_fuse_bn)
