@@ -189,17 +189,36 @@ def to_onnx(program: OnnxProgram, opset: int = 17, model_name: str = "evit") -> 
     # jax2onnx maps jnp.einsum to one ONNX Einsum node and broadcasts a Dense kernel
     # against the batch dims of its input (a 512 MiB Expand per SAM decoder projection);
     # unpatched, jnp.einsum lowers to dot_general, which jax2onnx emits as MatMul.
-    specs_orig = JnpEinsumPlugin.binding_specs
+    specs_orig, einsum_orig = JnpEinsumPlugin.binding_specs, jnp.einsum
     JnpEinsumPlugin.binding_specs = classmethod(lambda cls: [])
+    jnp.einsum = _einsum_as_matmul
     try:
         with depthwise_impl("lax"):
             proto = j2o(lambda *a: program.fn(*a), specs, model_name=model_name,
                         opset=opset, input_names=list(program.input_names),
                         output_names=list(program.output_names))
     finally:
-        JnpEinsumPlugin.binding_specs = specs_orig
+        JnpEinsumPlugin.binding_specs, jnp.einsum = specs_orig, einsum_orig
     _check_names(proto, program)
     return proto
+
+
+_EINSUM = jnp.einsum
+
+
+def _einsum_as_matmul(equation: str, *operands: Any, **kwargs: Any) -> jax.Array:
+    """`jnp.einsum` for tracing: a Dense / 1x1 conv (`...i,io->...o`, `bhwi,io->bhwo`) on a
+    rank > 2 input becomes a rank-2 matmul, which jax2onnx emits as ONNX MatMul (fused with
+    the bias by ORT); rank > 2 contractions it emits as Einsum, slow in ONNX Runtime."""
+    eq = equation.replace(" ", "")
+    if len(operands) == 2 and "->" in eq and eq.count(",") == 1:
+        (lhs, rhs), out = eq.split("->")[0].split(","), eq.split("->")[1]
+        x, k = operands
+        if (len(rhs) == 2 and k.ndim == 2 and x.ndim > 2 and lhs[-1:] == rhs[0]
+                and out == lhs[:-1] + rhs[1] and rhs[0] not in lhs[:-1] + rhs[1]):
+            y = _EINSUM("ni,io->no", x.reshape(-1, x.shape[-1]), k, **kwargs)
+            return y.reshape(*x.shape[:-1], k.shape[-1])
+    return _EINSUM(equation, *operands, **kwargs)
 
 
 def _check_names(proto: Any, program: OnnxProgram) -> None:
