@@ -1,7 +1,7 @@
 """ONNX export (jax2onnx) checked in ONNX Runtime against the JAX models on the same inputs.
 
-Default run: b0 at 64 px through the CLI, seg-b0 at 64x96, the SAM-L0 prompt decoder.
-`-m slow`: decoder padding, the SAM-L0 encoder and every zoo model (small inputs for cls / seg).
+Default run (~26 s): b0 at 64 px through the CLI, seg-b0 at 64x96, the SAM-L0 prompt
+decoder and encoder. `-m slow`: every zoo model (small inputs for cls / seg).
 """
 
 import numpy as np
@@ -105,7 +105,6 @@ def test_sam_decoder_matches_jax_and_predictor_postprocessing(sam_l0):
     assert np.array_equal((masks > 0)[away], (ref_masks > 0)[away])
 
 
-@pytest.mark.slow
 def test_sam_decoder_padding_is_exact(sam_l0):
     """A prompt padded with label -2 decodes as the unpadded prompt does."""
     name, _, variables = sam_l0
@@ -136,7 +135,6 @@ def test_bad_requests_are_one_line_errors(tmp_path, capsys):
     assert not (tmp_path / "x.onnx").exists()
 
 
-@pytest.mark.slow
 def test_sam_encoder_matches_jax(sam_l0):
     name, model, variables = sam_l0
     proto = export_onnx(name, variables, part="encoder")
