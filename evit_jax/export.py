@@ -113,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--platform", nargs="+", default=None,
                     help="target platforms, e.g. cpu cuda tpu (default: this backend)")
     ap.add_argument("--no-fuse-bn", action="store_true", help="keep BatchNorm separate")
+    from evit_jax.deploy import cli as deploy_cli  # --format onnx (evit_jax.deploy)
+    deploy_cli.add_arguments(ap)
     return ap
 
 
@@ -123,6 +125,10 @@ def _main(args: argparse.Namespace) -> int:
     if args.batch is not None and args.batch < 1:
         raise UserError(f"--batch must be at least 1, got {args.batch}")
     variables = load_variables(args.weights, model=args.model)
+    if args.format != "stablehlo":  # ONNX: evit_jax.deploy
+        from evit_jax.deploy import cli as deploy_cli
+        print(deploy_cli.export(args, variables))
+        return 0
     exp = export_model(args.model, variables, args.resolution, args.part, args.dtype,
                        args.batch, tuple(args.platform) if args.platform else None,
                        fuse=not args.no_fuse_bn)
