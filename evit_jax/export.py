@@ -28,9 +28,8 @@ from jax import export
 from evit_jax.cli import UserError, parse_resolution, run, write_atomic
 from evit_jax.fuse import fuse_bn
 from evit_jax.nn.depthwise import depthwise_impl
+from evit_jax.parts import DTYPES, compute_dtype, inference_part
 from evit_jax.zoo import create_model, model_info
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def export_model(name: str, variables: Any, resolution: tuple[int, int] | None = None,
@@ -43,46 +42,29 @@ def export_model(name: str, variables: Any, resolution: tuple[int, int] | None =
       name: zoo name.
       variables: its variables (`evit_jax.load_variables`).
       resolution: input (H, W); default the zoo entry's (SAM: its encoder size).
-      part: SAM only: `encoder` (default; images -> embeddings `[N, 64, 64, 256]`) or
+      part: one of `evit_jax.parts.inference_parts(name)`: `model` (cls/seg, the default)
+        or, for SAM, `encoder` (default; images -> embeddings `[N, 64, 64, 256]`),
         `decoder` (embeddings `[1, 64, 64, 256]`, point coords `[N, P, 2]`, labels
-        `[N, P]` -> low-res logits `[N, 4, 256, 256]` and IoUs `[N, 4]`; P = 2).
+        `[N, P]` -> low-res logits `[N, 4, 256, 256]` and IoUs `[N, 4]`; P = 2) or `e2e`.
       dtype: compute dtype, "float32" or "bfloat16" (inputs and outputs are float32).
       batch: a fixed batch size; default symbolic (`N`, any size at call time).
       platforms: e.g. ("cpu", "cuda"); default the current backend.
-      fuse: fold BatchNorm into the convolutions first.
+      fuse: fold BatchNorm into the convolutions first (`fuse_bn`, and the model built
+        with `fused_bn=True`).
     Returns:
       A `jax.export.Exported`; `.serialize()` gives the bytes `save_exported` writes.
     """
-    spec = model_info(name)
-    model = create_model(name, dtype=DTYPES[dtype])
-    if fuse and variables.get("batch_stats"):  # models without BatchNorm (SR) have none
+    fuse = fuse and bool(variables.get("batch_stats"))  # models without BatchNorm (SR)
+    the_part = inference_part(name, part)
+    resolution = the_part.resolution(None if resolution is None else tuple(resolution))
+    model = create_model(name, dtype=compute_dtype(dtype), fused_bn=fuse)
+    if fuse:
         variables = fuse_bn(variables, name)
     variables = jax.tree.map(jnp.asarray, variables)
     n = export.symbolic_shape("N")[0] if batch is None else int(batch)
-    f32 = jnp.float32
-    if spec.task == "sam":
-        part = part or "encoder"
-        if part == "encoder":
-            s = spec.head.encoder_size
-            if resolution not in (None, (s, s)):
-                raise ValueError(f"{name}'s encoder takes {s}x{s} images")
-            fn = lambda x: model.apply(variables, x, method="encode_image")
-            args = (jax.ShapeDtypeStruct((n, s, s, 3), f32),)
-        elif part == "decoder":
-            g, c = spec.head.decoder.grid, spec.head.decoder.embed_dim
-            fn = lambda e, pc, pl: model.apply(variables, e, pc, pl, method="predict_masks")
-            args = (jax.ShapeDtypeStruct((1, g, g, c), f32),
-                    jax.ShapeDtypeStruct((n, 2, 2), f32), jax.ShapeDtypeStruct((n, 2), jnp.int32))
-        else:
-            raise ValueError(f"SAM parts are 'encoder' and 'decoder', not {part!r}")
-    else:
-        if part not in (None, "model"):
-            raise ValueError(f"{name} has no parts; leave out part={part!r}")
-        h, w = resolution or spec.resolution
-        fn = lambda x: model.apply(variables, x)
-        args = (jax.ShapeDtypeStruct((n, h, w, 3), f32),)
+    fn = lambda *inputs: the_part.run(model, variables, *inputs)
     with depthwise_impl("portable"):
-        return export.export(jax.jit(fn), platforms=platforms)(*args)
+        return export.export(jax.jit(fn), platforms=platforms)(*the_part.shapes(n, resolution))
 
 
 def save_exported(exported: export.Exported, path: str | os.PathLike) -> Path:

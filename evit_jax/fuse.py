@@ -4,9 +4,10 @@ In eval mode a `ConvLayer`'s BatchNorm is a per-channel affine map, so
 `BN(conv(x, K) + c) = conv(x, K * a) + (c - mean) * a + beta` with
 `a = gamma / sqrt(var + eps)`. `fuse_bn` rewrites the variables that way: every
 `conv`/`norm` pair loses its `norm` parameters and statistics and its conv gains the folded
-`kernel` and a `bias`. The *same* module runs either tree: a `ConvLayer` whose `norm`
-variables are absent applies its conv (with bias) and activation only. The folded tree is
-for inference; `model.apply(fused, x, train=True)` raises.
+`kernel` and a `bias`. The folded tree fits the model built with the option of the same
+name, `create_model(name, fused_bn=True)` (`evit_jax.nn.conv.with_folded_bn`), whose `bn2d`
+ConvLayers are convs with a bias and no norm; that model is for inference only
+(`train=True` raises), and the plain model refuses folded variables with a message.
 """
 
 from __future__ import annotations

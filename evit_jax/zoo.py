@@ -25,6 +25,7 @@ from evit_jax.models.cls import EfficientViTCls
 from evit_jax.models.heads import ClsHeadConfig, SegHeadConfig
 from evit_jax.models.seg import EfficientViTSeg
 from evit_jax.models.sr import EfficientViTSR, SRBodyConfig, SRHeadConfig
+from evit_jax.nn.conv import with_folded_bn
 from evit_jax.nn.init import recording
 from evit_jax.sam.model import EfficientViTSam, SamConfig
 
@@ -252,13 +253,16 @@ def init_variables(model: nn.Module, rng: Any = 0) -> dict[str, Any]:
     return unflatten_dict(out)
 
 
-def create_model(name: str, dtype: Any = jnp.float32, **overrides: Any) -> nn.Module:
+def create_model(name: str, dtype: Any = jnp.float32, fused_bn: bool = False,
+                 **overrides: Any) -> nn.Module:
     """Build the Flax module of a zoo model (parameters come separately, as `variables`).
 
     Args:
       name: a zoo name (`list_models()`).
       dtype: compute dtype (`jnp.float32` or `jnp.bfloat16`); parameters stay float32 and
         linear attention runs in float32.
+      fused_bn: build every conv + BatchNorm as one conv with a bias (inference only): the
+        module that `evit_jax.fuse_bn(variables, name)` output fits.
       **overrides: module fields, e.g. `drop_path=0.1`, `zero_init_last=True`, or
         `num_classes=10` (a new classifier for fine-tuning).
     Returns:
@@ -278,4 +282,5 @@ def create_model(name: str, dtype: Any = jnp.float32, **overrides: Any) -> nn.Mo
     kw = dict(norm_eps=spec.norm_eps, attn_eps=spec.attn_eps, dtype=dtype)
     kw.update(overrides)
     body = SR_BODIES[spec.backbone] if spec.task == "sr" else BACKBONES[spec.backbone]
-    return factory(body, head, **kw)
+    model = factory(body, head, **kw)
+    return with_folded_bn(model) if fused_bn else model  # fused_bn: evit_jax.nn.conv

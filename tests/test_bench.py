@@ -20,6 +20,7 @@ from evit_jax.bench.compare import TARGETS, Case, format_rows, parse_case, parse
 from evit_jax.bench.macs import count_program_macs
 from evit_jax.bench.programs import default_resolution, parts_of
 from evit_jax.cli import UserError, parse_resolution
+from evit_jax.parts import inference_parts
 from evit_jax.zoo import abstract_variables
 
 
@@ -60,6 +61,19 @@ def test_every_zoo_name_has_bench_cases():
         sam = len(parts) > 1  # SAM encoders take one size: --resolution does not apply
         assert {c[3] for c in mine} == ({None} if sam else {(64, 64)})
         assert min(default_resolution(name)) >= 64
+
+
+@pytest.mark.parametrize("name", ["efficientvit-b0", "efficientvit-sam-l0"])
+def test_bench_inputs_are_the_parts_shapes(name):
+    # One table (evit_jax.parts) defines what evit-bench times and evit-export lowers.
+    for part in inference_parts(name).values():
+        prog = make_program(name, 3, None, part=part.name, variables={})
+        want = part.shapes(3, prog.resolution)
+        assert [(x.shape, x.dtype) for x in prog.inputs] == [(w.shape, w.dtype) for w in want]
+    with pytest.raises(ValueError, match="has parts"):
+        make_program(name, part="nope", variables={})
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        make_program(name, dtype="float16", variables={})
 
 
 @pytest.mark.parametrize("name", _traced())

@@ -9,9 +9,9 @@ import evit_jax
 import evit_jax.native
 from evit_jax.bench.programs import random_variables
 from evit_jax.fuse import fuse_bn
-from evit_jax.nn.conv import ConvLayer
+from evit_jax.nn.conv import ConvLayer, with_folded_bn
 from evit_jax.nn.depthwise import IMPLS, depthwise_impl
-from evit_jax.zoo import MODELS
+from evit_jax.zoo import MODELS, abstract_variables
 
 # One model per kind of block the fold meets: B (DSConv, MBConv, hswish), L (ResBlock,
 # FusedMBConv, GELU, fewer-norm MBConv) with the FusedMBConv segmentation head and its final
@@ -33,8 +33,11 @@ def test_folded_model_matches(name):
     size = 64 if MODELS[evit_jax.model_info(name).name].task == "sam" else 32
     x = jnp.asarray(np.random.default_rng(0).normal(size=(2, size, size, 3)), jnp.float32)
     fused = fuse_bn(variables, name)
-    apply = jax.jit(model.apply)
-    assert _rel(apply(fused, x), apply(variables, x)) < 1e-5
+    folded = evit_jax.create_model(name, fused_bn=True)
+    # The folded variables fit the fused_bn build by construction: same tree, same shapes.
+    want = jax.tree.map(lambda t: (t.shape, t.dtype), abstract_variables(folded))
+    assert jax.tree.map(lambda t: (t.shape, t.dtype), fused) == want
+    assert _rel(jax.jit(folded.apply)(fused, x), jax.jit(model.apply)(variables, x)) < 1e-5
     # What was folded is gone: no BatchNorm statistics, no norm next to a conv.
     assert "batch_stats" not in fused
     flat = jax.tree_util.tree_flatten_with_path(fused["params"])[0]
@@ -53,7 +56,8 @@ def test_fold_matches_for_every_depthwise_impl(impl, act):
     fused = fuse_bn(variables, 1e-5)
     assert set(fused["params"]["conv"]) == {"kernel", "bias"} and "norm" not in fused["params"]
     with depthwise_impl(impl):
-        assert _rel(layer.apply(fused, x), layer.apply(variables, x)) < 1e-5
+        got = with_folded_bn(layer).apply(fused, x)
+        assert _rel(got, layer.apply(variables, x)) < 1e-5
 
 
 def test_errors():
@@ -65,5 +69,8 @@ def test_errors():
     with pytest.raises(ValueError, match="no conv"):
         fuse_bn(fused, "efficientvit-b0")
     x = jnp.zeros((1, 32, 32, 3))
+    folded = evit_jax.create_model("efficientvit-b0", fused_bn=True)
     with pytest.raises(ValueError, match="inference only"):
-        model.apply(fused, x, train=True, mutable=["batch_stats"])
+        folded.apply(fused, x, train=True, mutable=["batch_stats"])
+    with pytest.raises(ValueError, match="fused_bn=True"):  # folded variables, plain model
+        model.apply(fused, x)

@@ -1,14 +1,14 @@
 """What the benchmark runs: one jitted inference function per zoo model and part.
 
-A `Program` is `fn(variables, *inputs)` plus example inputs. Classification and
-segmentation models have one part, `model` (images -> logits). SAM models have three:
-`encoder` (images -> embeddings, `encode_image`), `decoder` (a batch of point prompts
-against one image's embeddings, `predict_masks`) and `e2e` (encoder + one prompt per image).
+A `Program` is `fn(variables, *inputs)` plus example inputs, for one of the model's
+inference parts (`evit_jax.parts`: `model`, or SAM's `encoder` / `decoder` / `e2e`), the
+same definition `evit-export` lowers.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -17,11 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from evit_jax.fuse import fuse_bn
+from evit_jax.nn.conv import with_folded_bn
+from evit_jax.parts import DTYPES, compute_dtype, inference_part, parts_of
 from evit_jax.zoo import abstract_variables, create_model, model_info
 
-PARTS = {"cls": ("model",), "seg": ("model",), "sam": ("encoder", "decoder", "e2e"),
-         "sr": ("model",)}
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+__all__ = ["DTYPES", "Program", "default_resolution", "make_program", "parts_of",
+           "random_variables"]
 
 
 @dataclasses.dataclass
@@ -46,11 +47,6 @@ class Program:
     variables: Any
     inputs: tuple[Any, ...]
     items: int
-
-
-def parts_of(name: str) -> tuple[str, ...]:
-    """The parts a zoo model can be benchmarked in (`model`, or SAM's three)."""
-    return PARTS[model_info(name).task]
 
 
 def default_resolution(name: str) -> tuple[int, int]:
@@ -85,18 +81,25 @@ def random_variables(model: Any, seed: int = 0, inputs: tuple | None = None) -> 
     return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
-def _sam_prompts(n: int, size: int, rng: np.random.Generator) -> tuple[Any, Any]:
-    """n prompts of one foreground click (plus SAM's padding point) in the prompt frame."""
-    coords = np.zeros((n, 2, 2), np.float32)
-    coords[:, 0] = rng.uniform(0, size, (n, 2))
-    labels = np.tile(np.array([[1, -1]], np.int32), (n, 1))
-    return jnp.asarray(coords), jnp.asarray(labels)
+def _example(role: str, shape: jax.ShapeDtypeStruct, prompt_size: int,
+             rng: np.random.Generator) -> Any:
+    """Values for one input of a part: N(0, 1) images and embeddings, clicks uniform in the
+    prompt frame, labels one foreground click plus SAM's padding point (-1)."""
+    if role == "point_coords":
+        coords = np.zeros(shape.shape, np.float32)
+        coords[:, 0] = rng.uniform(0, prompt_size, (shape.shape[0], 2))
+        return jnp.asarray(coords)
+    if role == "point_labels":
+        labels = np.full(shape.shape, -1, np.int32)
+        labels[:, 0] = 1
+        return jnp.asarray(labels)
+    return jnp.asarray(rng.normal(size=shape.shape).astype(np.float32))
 
 
 def make_program(name: str, batch: int = 1, resolution: tuple[int, int] | int | None = None,
                  dtype: str = "float32", part: str | None = None, fuse: bool = False,
                  variables: Any = None, seed: int = 0) -> Program:
-    """Build the `Program` of one benchmark case.
+    """Build the `Program` of one benchmark case (a part of `evit_jax.parts`).
 
     Args:
       name: zoo name.
@@ -105,55 +108,30 @@ def make_program(name: str, batch: int = 1, resolution: tuple[int, int] | int | 
         encoder size.
       dtype: "float32" or "bfloat16" (compute dtype; parameters stay float32).
       part: `model` (cls/seg) or `encoder` / `decoder` / `e2e` (SAM); default the first.
-      fuse: fold BatchNorm into the convolutions first (`evit_jax.fuse_bn`).
-      variables: use these instead of random ones.
+      fuse: build with BatchNorm folded (`create_model(..., fused_bn=True)`) and fold the
+        variables (`evit_jax.fuse_bn`).
+      variables: use these (unfolded) instead of random ones.
     """
     spec = model_info(name)
-    parts = PARTS[spec.task]
-    part = part or parts[0]
-    if part not in parts:
-        raise ValueError(f"{name} has parts {parts}, not {part!r}")
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    if resolution is None:
-        resolution = default_resolution(name)
-    elif isinstance(resolution, int):
+    the_part = inference_part(name, part)
+    if isinstance(resolution, int):
         resolution = (resolution, resolution)
-    resolution = tuple(int(r) for r in resolution)
-    model = create_model(name, dtype=DTYPES[dtype])
+    resolution = the_part.resolution(None if resolution is None else
+                                     tuple(int(r) for r in resolution))
+    model = create_model(name, dtype=compute_dtype(dtype))
     if variables is None:
         variables = random_variables(model, seed)
     if fuse:
+        model = with_folded_bn(model)
         variables = fuse_bn(variables, name)
     # On the device once: numpy leaves would be copied to it again on every call. (Shape
     # placeholders stay as they are: count_macs traces with them.)
     variables = jax.tree.map(
         lambda t: t if isinstance(t, jax.ShapeDtypeStruct) else jnp.asarray(t), variables)
     rng = np.random.default_rng(seed)
-    images = jnp.asarray(rng.normal(size=(batch, *resolution, 3)).astype(np.float32))
-    if spec.task != "sam":
-        return Program(name, part, batch, resolution, dtype, model.apply, variables,
-                       (images,), batch)
-    enc = spec.head.encoder_size
-    if part != "decoder" and resolution != (enc, enc):
-        raise ValueError(f"{name}'s encoder takes {enc}x{enc} images, not "
-                         f"{resolution[0]}x{resolution[1]}")
-    if part == "encoder":
-        fn = lambda v, x: model.apply(v, x, method="encode_image")
-        return Program(name, part, batch, resolution, dtype, fn, variables, (images,), batch)
-    prompt = spec.head.prompt_size
-    if part == "decoder":
-        grid, width = spec.head.decoder.grid, spec.head.decoder.embed_dim
-        emb = jnp.asarray(rng.normal(size=(1, grid, grid, width)).astype(np.float32))
-        coords, labels = _sam_prompts(batch, prompt, rng)
-        fn = lambda v, e, c, lab: model.apply(v, e, c, lab, method="predict_masks")
-        return Program(name, part, batch, (grid, grid), dtype, fn, variables,
-                       (emb, coords, labels), batch)
-
-    def e2e(v, x, c, lab):
-        emb = model.apply(v, x, method="encode_image")
-        return model.apply(v, emb, c, lab, method="predict_masks")
-
-    coords, labels = _sam_prompts(batch, prompt, rng)
-    return Program(name, part, batch, resolution, dtype, e2e, variables,
-                   (images, coords, labels), batch)
+    prompt_size = spec.head.prompt_size if spec.task == "sam" else 0
+    inputs = tuple(_example(role, shape, prompt_size, rng) for role, shape in
+                   zip(the_part.inputs, the_part.shapes(batch, resolution)))
+    fn = functools.partial(the_part.run, model)
+    return Program(name, the_part.name, batch, resolution, dtype, fn, variables, inputs,
+                   batch)

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from evit_jax.nn.conv import ConvLayer
-from evit_jax.nn.depthwise import NATIVE_ACTS
+from evit_jax.nn.depthwise import fuses_natively, inverted_bottleneck
 
 Array = jax.Array
 
@@ -77,18 +77,19 @@ class MBConv(nn.Module):
         depth = ConvLayer(mid, self.kernel_size, self.stride, mid, self.use_bias[1],
                           self.norm[1], self.act[1], self.norm_eps, dtype=self.dtype,
                           name="depth_conv")
-        if not train and not self.is_initializing() and depth.fuses_epilogue(mid) \
-                and self.norm[0] in ("bn2d", None) and self.act[0] in NATIVE_ACTS:
-            # Inference on the native kernel: the expansion's BatchNorm and activation are
-            # applied by the depthwise kernel as it reads, so the widest tensor of the block
-            # is written once (by the 1x1 conv) instead of three times.
-            z, a, b, act = inverted(x, defer=True)
-            x = depth(z, prologue=(a, b, act))
-        else:
-            x = depth(inverted(x, train), train)
-        return ConvLayer(out, 1, 1, 1, self.use_bias[2], self.norm[2], self.act[2],
-                         self.norm_eps, self.zero_init_last, self.dtype,
-                         name="point_conv")(x, train)
+        point = ConvLayer(out, 1, 1, 1, self.use_bias[2], self.norm[2], self.act[2],
+                          self.norm_eps, self.zero_init_last, self.dtype, name="point_conv")
+        if not train and not self.is_initializing() and self.runs_fused():
+            # Inference on the native kernels: one functional path (see its docstring).
+            return inverted_bottleneck(x, inverted.affine_form(), depth.affine_form(),
+                                       point.affine_form(), self.dtype)
+        return point(depth(inverted(x, train), train), train)
+
+    def runs_fused(self) -> bool:
+        """Whether inference runs as `depthwise.inverted_bottleneck` (native kernels)."""
+        return (self.kernel_size > 1 and fuses_natively(self.norm[1], self.act[1])
+                and fuses_natively(self.norm[0], self.act[0])
+                and self.norm[2] in ("bn2d", None))
 
 
 class FusedMBConv(nn.Module):

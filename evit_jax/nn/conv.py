@@ -6,6 +6,11 @@ checkpoint key maps to a Flax path by rule (see `evit_jax.convert.keymap`).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import dataclasses
+import functools
+from collections.abc import Iterator
 from typing import Any
 
 import flax.linen as nn
@@ -14,7 +19,13 @@ import jax.numpy as jnp
 from jax import lax
 
 from evit_jax.nn.act import get_act
-from evit_jax.nn.depthwise import NATIVE_ACTS, default_impl, depthwise_conv2d
+from evit_jax.nn.depthwise import (
+    ConvAffine,
+    conv_bn_act,
+    depthwise_conv2d,
+    fuses_natively,
+    pointwise,
+)
 from evit_jax.nn.init import TRUNC_NORMAL_002, ZEROS, Init, declare_param
 from evit_jax.nn.norm import bn_affine, make_norm
 
@@ -24,13 +35,10 @@ Array = jax.Array
 class Conv2d(nn.Module):
     """PyTorch-style `Conv2d` on NHWC: symmetric padding `k // 2`, optional groups.
 
-    Params: `kernel` `[k, k, C_in / groups, C_out]` (HWIO), `bias` `[C_out]`.
+    Params: `kernel` `[k, k, C_in / groups, C_out]` (HWIO), `bias` `[C_out]` (`use_bias`).
     Dispatches to the cheapest exact formulation: a matmul for 1x1 (grouped ones included:
     XLA:CPU's grouped convolutions are slow), `depthwise_conv2d` when groups == C_in ==
     C_out, and `lax.conv_general_dilated` otherwise.
-
-    A `bias` in the variables is used even when `use_bias` is False: that is how
-    BatchNorm-folded variables (`evit_jax.fuse_bn`) carry the folded shift.
     """
 
     features: int
@@ -41,58 +49,41 @@ class Conv2d(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, scale: Array | None = None, shift: Array | None = None,
-                 act: str | None = None, prologue: tuple | None = None,
-                 raw: bool = False) -> Array | tuple[Array, Array | None]:
-        """`[B, H, W, C_in]` -> `act((conv(x) + bias) * scale + shift)` (each part optional).
+    def __call__(self, x: Array) -> Array:
+        """`[B, H, W, C_in]` -> `conv(x) + bias` `[B, H', W', features]`, float32.
 
-        `scale`/`shift` `[C_out]` are an inference BatchNorm folded into the kernel on the
-        fly; with them and `act`, a depthwise conv runs as one fused kernel where it can.
-        `prologue` (depthwise only) is passed to `depthwise_conv2d`. `raw=True` returns
-        `(conv(x), bias)` without adding the bias (for a consumer that applies it itself).
+        Accumulates in float32 and returns float32: under bf16 compute the caller
+        (ConvLayer) rounds once, after norm and activation, instead of after every op.
         """
         k, g, cin = self.kernel_size, self.groups, x.shape[-1]
         if cin % g or self.features % g:
             raise ValueError(f"channels {cin}->{self.features} not divisible by groups {g}")
         kernel = declare_param(self, "kernel", TRUNC_NORMAL_002, (k, k, cin // g, self.features))
-        bias = None
-        if self.use_bias or self.has_variable("params", "bias"):
-            bias = declare_param(self, "bias", ZEROS, (self.features,))
-        if scale is not None:  # fold: (conv(x, K) + c) * a + b == conv(x, K * a) + (c * a + b)
-            kernel = kernel * scale
-            bias = shift if bias is None else bias * scale + shift
-        kernel = kernel.astype(self.dtype)
-        x = x.astype(self.dtype)
-        # Accumulate in float32 and return float32: under bf16 compute the caller (ConvLayer)
-        # rounds once, after norm and activation, instead of after every op.
-        f32 = jnp.float32
-        if g == cin == self.features and not (k == 1 and self.stride == 1):
-            if raw:
-                return depthwise_conv2d(x, kernel, self.stride, k // 2).astype(f32), bias
-            y = depthwise_conv2d(x, kernel, self.stride, k // 2, bias=bias, act=act,
-                                 prologue=prologue)
-            return y.astype(f32)
-        if prologue is not None:
-            raise ValueError("a prologue is only fused into depthwise convolutions")
-        if k == 1 and self.stride == 1:
-            if g == 1:
-                y = jnp.einsum("bhwi,io->bhwo", x, kernel[0, 0], preferred_element_type=f32)
-            else:
-                xg = x.reshape(*x.shape[:-1], g, cin // g)
-                wg = kernel[0, 0].reshape(cin // g, g, self.features // g)
-                y = jnp.einsum("bhwgi,igo->bhwgo", xg, wg, preferred_element_type=f32)
-                y = y.reshape(*x.shape[:-1], self.features)
-        else:
-            p = k // 2
-            y = lax.conv_general_dilated(
-                x, kernel, (self.stride, self.stride), ((p, p), (p, p)),
-                dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=g,
-                preferred_element_type=f32)
-        if raw:
-            return y, bias
-        if bias is not None:
-            y = y + bias
-        return get_act(act)(y)
+        y = conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, g)
+        if self.use_bias:
+            y = y + declare_param(self, "bias", ZEROS, (self.features,))
+        return y
+
+
+def conv2d(x: Array, kernel: Array, stride: int = 1, groups: int = 1) -> Array:
+    """The convolution of `Conv2d` (padding `k // 2`): x `[B, H, W, C_in]`, kernel HWIO
+    `[k, k, C_in / groups, C_out]` -> `[B, H', W', C_out]`, accumulated in float32."""
+    k, g, cin, cout = kernel.shape[0], groups, x.shape[-1], kernel.shape[-1]
+    f32 = jnp.float32
+    if g == cin == cout and not (k == 1 and stride == 1):
+        return depthwise_conv2d(x, kernel, stride, k // 2).astype(f32)
+    if k == 1 and stride == 1:
+        if g == 1:
+            return pointwise(x, kernel)
+        xg = x.reshape(*x.shape[:-1], g, cin // g)
+        wg = kernel[0, 0].reshape(cin // g, g, cout // g)
+        y = jnp.einsum("bhwgi,igo->bhwgo", xg, wg, preferred_element_type=f32)
+        return y.reshape(*x.shape[:-1], cout)
+    p = k // 2
+    return lax.conv_general_dilated(
+        x, kernel, (stride, stride), ((p, p), (p, p)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=g,
+        preferred_element_type=f32)
 
 
 class Dense(nn.Module):
@@ -116,9 +107,72 @@ class Dense(nn.Module):
         return y.astype(self.dtype)
 
 
+# ----------------------------------------------------------------------------- folded BN
+# Set while a `with_folded_bn` module is initialised or applied: every `bn2d` ConvLayer
+# traced meanwhile is a conv with a bias and no norm. A build option of the whole model
+# that reaches each layer without threading a flag through every block and head.
+_FOLDED_BN: contextvars.ContextVar[bool] = contextvars.ContextVar("evit_folded_bn",
+                                                                  default=False)
+_FOLDED_CLASSES: dict[type, type] = {}
+
+
+def bn_folded() -> bool:
+    """Whether the module being traced was built with BatchNorm folded (`with_folded_bn`)."""
+    return _FOLDED_BN.get()
+
+
+@contextlib.contextmanager
+def _folding() -> Iterator[None]:
+    token = _FOLDED_BN.set(True)
+    try:
+        yield
+    finally:
+        _FOLDED_BN.reset(token)
+
+
+def _folded_class(cls: type) -> type:
+    if cls not in _FOLDED_CLASSES:
+        def entry(method: str) -> Any:
+            base = getattr(cls, method)
+
+            @nn.nowrap
+            @functools.wraps(base)
+            def run(self, *args, **kwargs):
+                with _folding():
+                    return base(self, *args, **kwargs)
+            return run
+
+        body = {m: entry(m) for m in ("init", "init_with_output", "apply", "lazy_init")}
+        body["fused_bn"] = True
+        body["__doc__"] = f"{cls.__name__} with BatchNorm folded into its convs " \
+                          f"(inference only).\n\n{cls.__doc__ or ''}"
+        _FOLDED_CLASSES[cls] = type(cls.__name__, (cls,), body)
+    return _FOLDED_CLASSES[cls]
+
+
+def with_folded_bn(module: nn.Module) -> nn.Module:
+    """The same architecture with every `bn2d` ConvLayer built as a conv with a bias and no
+    norm: the module that `evit_jax.fuse_bn(variables, name)` output fits (the folded
+    kernel and bias under `.../conv`). Inference only: `train=True` raises.
+
+    Applies to a top-level module (its `init`/`apply`); `create_model(name, fused_bn=True)`
+    calls it.
+    """
+    if getattr(module, "fused_bn", False) is True:
+        return module
+    fields = {f.name: getattr(module, f.name) for f in dataclasses.fields(module)
+              if f.init and f.name not in ("parent", "name")}
+    return _folded_class(type(module))(**fields)
+
+
 class ConvLayer(nn.Module):
     """Conv2d -> [norm] -> [act], the reference's `ConvLayer`. `[B, H, W, C_in]` ->
     `[B, H / stride, W / stride, features]`.
+
+    In a model built with BatchNorm folded (`with_folded_bn`, `create_model(...,
+    fused_bn=True)`) a `bn2d` layer is a conv with a bias and no norm: the variables of
+    `evit_jax.fuse_bn`, for inference only. An inference depthwise layer runs as one fused
+    conv + BN + act (`depthwise.conv_bn_act`) where the native kernels are in use.
 
     Attributes:
       features: output channels.
@@ -140,54 +194,54 @@ class ConvLayer(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, train: bool = False, prologue: tuple | None = None,
-                 defer: bool = False) -> Array | tuple:
-        """`[B, H, W, C_in]` -> `[B, H', W', features]`.
-
-        Inference-only options for the fused inverted bottleneck (see `MBConv`):
-        `defer=True` returns `(z, scale, shift, act)` with z the bare convolution, leaving
-        `act(z * scale + shift)` (bias, BatchNorm and activation) to the consumer;
-        `prologue=(scale, shift, act)` is such a deferred epilogue of the layer before,
-        applied by this (depthwise) layer as it reads its input.
-        """
-        conv = Conv2d(self.features, self.kernel_size, self.stride, self.groups, self.use_bias,
-                      self.dtype, name="conv")
-        folded = (self.norm == "bn2d" and not self.is_initializing()
-                  and "norm" not in self.variables.get("params", {}))  # by fuse_bn
+    def __call__(self, x: Array, train: bool = False) -> Array:
+        """`[B, H, W, C_in]` -> `act(norm(conv(x)))` `[B, H', W', features]` in `dtype`."""
+        folded = self.folds_bn()
         if folded and train:
-            raise ValueError("these variables have BatchNorm folded into the convs "
-                             "(evit_jax.fuse_bn): inference only; train with the unfolded "
-                             "variables")
-        affine = None  # inference BatchNorm as (a, b), read off the variables
-        if not train and self.norm == "bn2d" and not folded and not self.is_initializing():
-            p = self.variables["params"]["norm"]
-            s = self.variables["batch_stats"]["norm"]
-            affine = bn_affine(p["scale"], p["bias"], s["mean"], s["var"], self.norm_eps)
-        if defer:
-            if train or self.norm not in ("bn2d", None):
-                raise ValueError("defer=True is for inference with bn2d or no norm")
-            z, bias = conv(x, raw=True)
-            a, b = affine if affine is not None else (jnp.ones((self.features,)), 0.0)
-            b = b if bias is None else bias * a + b
-            return z, a, jnp.broadcast_to(b, (self.features,)), self.act
-        if folded or self.norm is None:
-            return conv(x, act=self.act, prologue=prologue).astype(self.dtype)
-        if affine is not None and (prologue is not None or self.fuses_epilogue(x.shape[-1])):
-            # Inference depthwise conv: fold BN on the fly so that conv, BN and the
-            # activation run as one pass of the native kernel.
-            a, b = affine
-            return conv(x, scale=a, shift=b, act=self.act, prologue=prologue).astype(self.dtype)
-        if prologue is not None:
-            raise ValueError("a prologue needs an inference depthwise ConvLayer")
+            raise ValueError("this model has BatchNorm folded into its convs (fused_bn=True, "
+                             "evit_jax.fuse_bn): inference only; train the model built "
+                             "without fused_bn")
+        self._check_variables()
+        conv = Conv2d(self.features, self.kernel_size, self.stride, self.groups,
+                      self.use_bias or folded, self.dtype, name="conv")
+        if not train and not self.is_initializing() and self.runs_fused(x.shape[-1]):
+            return conv_bn_act(x, self.affine_form(), self.dtype).astype(self.dtype)
         x = conv(x)
-        x = make_norm(self.norm, self.norm_eps, self.dtype, self.zero_init_norm)(x, train)
+        norm = make_norm(None if folded else self.norm, self.norm_eps, self.dtype,
+                         self.zero_init_norm)
+        if norm is not None:
+            x = norm(x, train)
         return get_act(self.act)(x).astype(self.dtype)
 
-    def fuses_epilogue(self, cin: int) -> bool:
-        """Whether, in inference, this layer runs as one native depthwise kernel."""
+    def folds_bn(self) -> bool:
+        """Whether this layer's BatchNorm is folded into its conv (a `with_folded_bn` build)."""
+        return self.norm == "bn2d" and bn_folded()
+
+    def _check_variables(self) -> None:
+        if (self.norm == "bn2d" and not self.folds_bn() and not self.is_initializing()
+                and not self.has_variable("params", "norm")):
+            raise ValueError(f"no BatchNorm variables at {'/'.join(self.scope.path)}: "
+                             "variables from evit_jax.fuse_bn need the model built with "
+                             "create_model(name, fused_bn=True)")
+
+    def runs_fused(self, cin: int) -> bool:
+        """Whether, in inference, this layer runs as one native depthwise conv + BN + act."""
         return (self.groups == cin == self.features and self.kernel_size > 1
-                and default_impl() == "native" and self.norm in ("bn2d", None)
-                and self.act in NATIVE_ACTS)
+                and fuses_natively(self.norm, self.act))
+
+    def affine_form(self) -> ConvAffine:
+        """This layer's inference computation as `act((conv(x) + bias) * scale + shift)`,
+        read off its variables (BatchNorm as a per-channel affine map)."""
+        self._check_variables()
+        conv = self.variables["params"]["conv"]
+        scale = shift = None
+        if self.norm == "bn2d" and not self.folds_bn():
+            p, s = self.variables["params"]["norm"], self.variables["batch_stats"]["norm"]
+            scale, shift = bn_affine(p["scale"], p["bias"], s["mean"], s["var"], self.norm_eps)
+        elif self.norm is not None and not self.folds_bn():
+            raise ValueError(f"norm {self.norm!r} has no affine inference form")
+        return ConvAffine(conv["kernel"], conv.get("bias"), scale, shift, self.act,
+                          self.stride, self.groups)
 
 
 class LinearLayer(nn.Module):

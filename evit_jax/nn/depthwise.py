@@ -19,6 +19,7 @@ import contextlib
 import functools
 import os
 from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -222,3 +223,84 @@ def depthwise_conv2d(x: Array, kernel: Array, stride: int = 1, padding: int | No
     if bias is not None:
         y = y + bias.astype(y.dtype)
     return get_act(act)(y)
+
+
+# ------------------------------------------------------------------ fused inference entries
+class ConvAffine(NamedTuple):
+    """One inference conv layer as `act((conv(x, kernel) + bias) * scale + shift)`: a
+    `ConvLayer` with its BatchNorm read as a per-channel affine map (None: absent).
+
+    kernel: HWIO `[k, k, C_in / groups, C_out]`; bias, scale, shift: `[C_out]`.
+    """
+
+    kernel: Array
+    bias: Array | None
+    scale: Array | None
+    shift: Array | None
+    act: str | None
+    stride: int = 1
+    groups: int = 1
+
+
+def pointwise(x: Array, kernel: Array) -> Array:
+    """1x1 convolution as a matmul: x `[B, H, W, C_in]`, kernel `[1, 1, C_in, C_out]` ->
+    `[B, H, W, C_out]` accumulated and returned in float32."""
+    return jnp.einsum("bhwi,io->bhwo", x, kernel[0, 0], preferred_element_type=jnp.float32)
+
+
+def fuses_natively(norm: str | None, act: str | None) -> bool:
+    """Whether an inference conv with this norm and activation has a fused native path:
+    the native kernels are the depthwise implementation, the norm is an affine map
+    (`bn2d`, or none) and the activation is one the kernel applies."""
+    return default_impl() == "native" and norm in ("bn2d", None) and act in NATIVE_ACTS
+
+
+def _epilogue(layer: ConvAffine) -> tuple[Array | None, Array | None]:
+    """(scale, shift) of `(y + bias) * scale + shift` as `y * a + b`: (None, bias) if no BN."""
+    if layer.scale is None:
+        return None, layer.bias
+    shift = layer.shift if layer.bias is None else layer.bias * layer.scale + layer.shift
+    return layer.scale, shift
+
+
+def conv_bn_act(x: Array, layer: ConvAffine, dtype: Any = jnp.float32,
+                prologue: tuple[Array, Array, str | None] | None = None) -> Array:
+    """An inference depthwise ConvLayer in one pass: the BatchNorm folded into the kernel
+    and bias on the fly (`(conv(x, K) + c) * a + b == conv(x, K * a) + (c * a + b)`), bias
+    and activation in the kernel's epilogue (native) or after it.
+
+    x `[B, H, W, C]` -> `[B, H', W', C]` float32; `dtype`: the compute dtype the input and
+    folded kernel are rounded to; `prologue` as in `depthwise_conv2d`.
+    """
+    a, b = _epilogue(layer)
+    kernel = layer.kernel if a is None else layer.kernel * a
+    k = kernel.shape[0]
+    y = depthwise_conv2d(x.astype(dtype), kernel.astype(dtype), layer.stride, k // 2,
+                         bias=b, act=layer.act, prologue=prologue)
+    return y.astype(jnp.float32)
+
+
+def inverted_bottleneck(x: Array, expand: ConvAffine, depth: ConvAffine, project: ConvAffine,
+                        dtype: Any = jnp.float32) -> Array:
+    """MBConv's inference path on the native kernels: 1x1 expand -> depthwise -> 1x1 project.
+
+    The expansion's bias, BatchNorm and activation are deferred into the depthwise kernel's
+    prologue (applied as it reads), the depthwise conv runs with its BatchNorm folded and
+    its activation fused (`conv_bn_act`), so the widest tensor of the block is written once
+    (by the 1x1 matmul) instead of three times; the projection is a matmul whose affine
+    epilogue and activation XLA fuses.
+
+    x `[B, H, W, C_in]` -> `[B, H / s, W / s, C_out]` in `dtype`.
+    """
+    z = pointwise(x.astype(dtype), expand.kernel.astype(dtype))
+    a, b = _epilogue(expand)
+    c = z.shape[-1]
+    a = jnp.ones((c,), jnp.float32) if a is None else a
+    b = jnp.zeros((c,), jnp.float32) if b is None else b
+    y = conv_bn_act(z, depth, dtype, prologue=(a, b, expand.act)).astype(dtype)
+    y = pointwise(y, project.kernel.astype(dtype))
+    if project.bias is not None:  # the same order of ops as Conv2d + BatchNorm2d
+        y = y + project.bias
+    if project.scale is not None:
+        y = y * project.scale + project.shift
+    return get_act(project.act)(y).astype(dtype)
