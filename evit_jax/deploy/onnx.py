@@ -100,7 +100,8 @@ def onnx_program(name: str, variables: Any, resolution: tuple[int, int] | None =
     spec = model_info(name)
     if dtype not in DTYPES:
         raise UserError(f"dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
-    model = create_model(name, dtype=DTYPES[dtype])
+    fuse = fuse and bool(variables.get("batch_stats"))  # models without BatchNorm (SR)
+    model = create_model(name, dtype=DTYPES[dtype], fused_bn=fuse)  # fits fuse_bn's output
     if fuse:
         variables = fuse_bn(variables, name)
     variables = jax.tree.map(jnp.asarray, variables)
