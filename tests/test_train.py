@@ -117,18 +117,40 @@ def test_workdir_loads_as_inference_variables(reference_run):
     assert r.returncode == 0 and "['batch_stats', 'params']" in r.stdout, r.stderr[-2000:]
 
 
+def _processes_with(marker: str) -> list[int]:
+    """Pids of the live processes whose environment holds `marker` (children inherit it, and
+    keep it when they are reparented to init)."""
+    needle = marker.encode() + b"\0"
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if needle in f.read():
+                    pids.append(int(pid))
+        except OSError:  # gone meanwhile, or not ours
+            pass
+    return pids
+
+
 def test_resume_after_kill_9_equals_uninterrupted(reference_run, env, tmp_path):
+    """kill -9 mid-run (a preemption), then the same command: the run ends as the uninterrupted
+    one, and the killed run's grain worker process does not outlive it. One worker here (the
+    other runs read in-process): the data stream does not depend on it."""
     ref, _ = reference_run
-    cmd = _cmd(tmp_path, 20, "--config.checkpoint_every_steps=5")
-    e = dict(env, XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES}")
+    cmd = _cmd(tmp_path, 20, "--config.checkpoint_every_steps=5", "--config.data.num_workers=1")
+    marker = f"EVIT_TEST_RUN={tmp_path.name}-{os.getpid()}"
+    e = dict(env, XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES}",
+             EVIT_TEST_RUN=marker.partition("=")[2])
     proc = subprocess.Popen(cmd, cwd=ROOT, env=e, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + TIMEOUT
+    workers: list[int] = []
     try:  # kill -9 once the step-5 checkpoint is final and training has gone on past it
         while time.time() < deadline and proc.poll() is None:
             done = (tmp_path / "checkpoints" / "5" / "_CHECKPOINT_METADATA").exists()
             rows = open(tmp_path / "metrics.jsonl").read() if done else ""
             if done and '"step": 7,' in rows:
+                workers = [p for p in _processes_with(marker) if p != proc.pid]
                 proc.send_signal(signal.SIGKILL)
                 break
             time.sleep(0.05)
@@ -137,6 +159,14 @@ def test_resume_after_kill_9_equals_uninterrupted(reference_run, env, tmp_path):
             proc.kill()
         proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run was killed mid-way"
+    assert workers, "the run had a grain worker process when it was killed"
+    gone_by = time.time() + 10  # a worker polls its parent every 0.5 s
+    while _processes_with(marker) and time.time() < gone_by:
+        time.sleep(0.1)
+    left = _processes_with(marker)
+    for pid in left:  # don't leave them to the next test either
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"worker processes {left} outlived the killed trainer"
     assert "20" not in os.listdir(tmp_path / "checkpoints")
     r = _run(cmd, env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

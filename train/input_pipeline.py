@@ -16,6 +16,10 @@ Evaluation: host p takes examples p, p + n, ... of the split; `Evaluator` batche
 from __future__ import annotations
 
 import dataclasses
+import functools
+import os
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +37,29 @@ def _enable_workers() -> None:
     # are not parsed yet and grain would raise UnparsedFlagAccessError.
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
+
+
+PARENT_POLL_S = 0.5  # how often a worker checks that the process that started it is alive
+
+
+def _exit_with_parent(parent_pid: int, worker_index: int, worker_count: int) -> None:
+    """grain worker init: end this worker once `parent_pid` (the trainer) is gone.
+
+    A worker blocks on its output queue while nobody reads it, so after a `kill -9` of the
+    trainer it would live on, reparented to init. The parent-death signal of Linux
+    (`prctl(PR_SET_PDEATHSIG)`) does not fit: it fires when the *thread* that started the
+    child exits, and grain starts its workers from a pool of short-lived threads. So a daemon
+    thread polls `os.getppid()`, which changes (to init or a subreaper) when the parent dies;
+    POSIX-portable, and cheap (one syscall per `PARENT_POLL_S`).
+    """
+    del worker_index, worker_count
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_S)
+        os._exit(1)  # no cleanup to run: the buffers it would flush belong to the dead parent
+
+    threading.Thread(target=watch, name="evit-parent-watchdog", daemon=True).start()
 
 
 def _fill(inp: Any) -> tuple[int, int, int]:
@@ -122,7 +149,8 @@ def make_train_iterator(config: Any, process_index: int = 0, process_count: int 
     ds = ds[process_index::process_count].to_iter_dataset(_read_options(config))
     if config.data.num_workers > 0:
         _enable_workers()
-        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.data.num_workers))
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.data.num_workers),
+                            worker_init_fn=functools.partial(_exit_with_parent, os.getpid()))
     return iter(ds), len(src), n_cls
 
 
