@@ -7,11 +7,13 @@ evaluation resolution (SAM: its image encoder at the encoder's input size):
 - GMACs: the analytic count (`evit_jax.bench.count_macs`: convolutions and matmuls, as the
   papers count them);
 - paper GMACs: what the papers print (spec section 9; 2 significant digits), where they do;
-- XLA GFLOPs / 2: XLA:CPU's `cost_analysis()` of the compiled program halved, which also
-  counts elementwise work (norms, activations, the attention's division, resizes), so it
-  runs a few percent above the papers. Compiled with the `lax` depthwise convolution: XLA
-  cannot see inside the native kernels' custom calls. Compiling every model takes ~10 min
-  on 2 busy cores; `--no-xla` skips it (the column then reads "-").
+- XLA GFLOPs / 2: XLA:CPU's `cost_analysis()` of the compiled program halved. It also counts
+  elementwise work (norms, activations, the attention's division) and the resizes, and sees
+  the program after XLA's rewrites, so it is not the papers' count: measured from 0.8 %
+  below the analytic count (L3) to 13 % above (seg-B0, where the resizes weigh most).
+  Compiled with the `lax` depthwise convolution: XLA cannot see inside the native kernels'
+  custom calls. Compiling every model took 33 min on 2 cores at load ~18 (2026-12-02);
+  `--no-xla` skips it (the column then reads "-"; 4.5 min).
 - paper accuracy: the authors' README (zoo entry `paper`).
 """
 
