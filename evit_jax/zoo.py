@@ -20,10 +20,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from evit_jax.models.backbone import BackboneConfig
+from evit_jax.models.backbone import BackboneConfig, EfficientViTBackbone
 from evit_jax.models.cls import EfficientViTCls
-from evit_jax.models.heads import ClsHeadConfig, SegHeadConfig
+from evit_jax.models.heads import ClsHead, ClsHeadConfig, SegHeadConfig, seg_head
 from evit_jax.models.sam import EfficientViTSam, SamConfig
+from evit_jax.models.sam.mask_decoder import MaskDecoder
+from evit_jax.models.sam.neck import SamImageEncoder, sam_neck
+from evit_jax.models.sam.prompt_encoder import PromptEncoder
 from evit_jax.models.seg import EfficientViTSeg
 from evit_jax.models.sr import EfficientViTSR, SRBodyConfig, SRHeadConfig
 from evit_jax.nn.conv import with_folded_bn
@@ -181,15 +184,9 @@ def _add_sr(table: dict[str, ModelSpec]) -> None:
 
 
 MODELS: dict[str, ModelSpec] = _build_table()
-_FACTORIES: dict[str, Any] = {"cls": EfficientViTCls, "seg": EfficientViTSeg,
-                              "sam": EfficientViTSam, "sr": EfficientViTSR}
-
-
-def register(spec: ModelSpec, factory: Any = None) -> None:
-    """Add a zoo entry (and, for a new task, the module class that builds it)."""
-    MODELS[spec.name] = spec
-    if factory is not None:
-        _FACTORIES[spec.task] = factory
+# What create_model's keyword options may set. Each part declares the ones it takes, with
+# its own default; an option goes to every part of the model that declares it.
+OPTIONS = ("norm_eps", "attn_eps", "drop_path", "drop_path_skip", "zero_init_last", "dtype")
 
 
 def list_models(pattern: str | None = None) -> list[str]:
@@ -253,6 +250,23 @@ def init_variables(model: nn.Module, rng: Any = 0) -> dict[str, Any]:
     return unflatten_dict(out)
 
 
+def _build(spec: ModelSpec, part: Any) -> nn.Module:
+    """The module of `spec`, assembled from its parts; `part(module)` gives each part its
+    options (the task models own no options themselves)."""
+    if spec.task == "sr":
+        return part(EfficientViTSR(SR_BODIES[spec.backbone], spec.head))
+    bb = BACKBONES[spec.backbone]
+    backbone = part(EfficientViTBackbone(bb))
+    if spec.task == "cls":
+        return EfficientViTCls(backbone, part(ClsHead(spec.head, bb.act)))
+    if spec.task == "seg":
+        return EfficientViTSeg(backbone, part(seg_head(spec.head, bb.act)))
+    sam, dec = spec.head, spec.head.decoder
+    encoder = part(SamImageEncoder(backbone, part(sam_neck(sam, bb.act))))
+    prompts = part(PromptEncoder(dec.embed_dim, dec.grid, dec.prompt_size, dec.mask_in_chans))
+    return EfficientViTSam(encoder, prompts, part(MaskDecoder(dec)), sam.encoder_size)
+
+
 def create_model(name: str, dtype: Any = jnp.float32, fused_bn: bool = False,
                  **overrides: Any) -> nn.Module:
     """Build the Flax module of a zoo model (parameters come separately, as `variables`).
@@ -263,24 +277,31 @@ def create_model(name: str, dtype: Any = jnp.float32, fused_bn: bool = False,
         linear attention runs in float32.
       fused_bn: build every conv + BatchNorm as one conv with a bias (inference only): the
         module that `evit_jax.fuse_bn(variables, name)` output fits.
-      **overrides: module fields, e.g. `drop_path=0.1`, `zero_init_last=True`, or
-        `num_classes=10` (a new classifier for fine-tuning).
+      **overrides: `OPTIONS` of the parts, e.g. `drop_path=0.1`, `zero_init_last=True`
+        (the backbone's), `norm_eps` (every part with a norm), or `num_classes=10` (a new
+        classifier for fine-tuning).
     Returns:
       A `flax.linen.Module`; `model.apply(variables, x)` runs inference on `[N, H, W, 3]`.
     """
     spec = model_info(name)
-    factory = _FACTORIES[spec.task]  # every task's module: (backbone_cfg, head_cfg, eps..., dtype)
-    head = spec.head
-    if "num_classes" in overrides:
-        head = dataclasses.replace(head, num_classes=int(overrides.pop("num_classes")))
-    fields = {f.name for f in dataclasses.fields(factory)}
-    unknown = sorted(set(overrides) - fields)
+    head_fields = {f.name for f in dataclasses.fields(spec.head)}
+    if "num_classes" in overrides and "num_classes" in head_fields:
+        spec = dataclasses.replace(spec, head=dataclasses.replace(
+            spec.head, num_classes=int(overrides.pop("num_classes"))))
+    options = dict(norm_eps=spec.norm_eps, attn_eps=spec.attn_eps, dtype=dtype)
+    options.update(overrides)
+    declared: set[str] = set()
+
+    def part(module: nn.Module) -> nn.Module:
+        # Route the options this part declares to it (a frozen dataclass: replace).
+        names = {f.name for f in dataclasses.fields(module)} & set(OPTIONS)
+        declared.update(names)
+        return dataclasses.replace(module, **{k: options[k] for k in names & set(options)})
+
+    model = _build(spec, part)
+    unknown = sorted(set(overrides) - declared)
     if unknown:
-        allowed = sorted(fields - {"parent", "name", "backbone_cfg", "head_cfg"})
+        allowed = sorted(declared | ({"num_classes"} & head_fields))
         raise TypeError(f"create_model({name!r}) got unknown options {unknown}; "
                         f"allowed: {allowed}")
-    kw = dict(norm_eps=spec.norm_eps, attn_eps=spec.attn_eps, dtype=dtype)
-    kw.update(overrides)
-    body = SR_BODIES[spec.backbone] if spec.task == "sr" else BACKBONES[spec.backbone]
-    model = factory(body, head, **kw)
     return with_folded_bn(model) if fused_bn else model  # fused_bn: evit_jax.nn.conv

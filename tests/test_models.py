@@ -97,6 +97,13 @@ def test_create_model_options():
     assert jax.jit(model.apply)(variables, jnp.zeros((2, 32, 32, 3))).shape == (2, 10)
     with pytest.raises(TypeError, match="unknown options.*colour"):
         evit_jax.create_model("efficientvit-b0", colour="red")
+    # An option goes to every part that declares it: the backbone's drop path, every norm's eps.
+    seg = evit_jax.create_model("efficientvit-seg-b1-ade20k", drop_path=0.1, norm_eps=1e-3)
+    assert seg.backbone.drop_path == 0.1 and seg.backbone.norm_eps == seg.head.norm_eps == 1e-3
+    sam = evit_jax.create_model("efficientvit-sam-l0", dtype=jnp.bfloat16)
+    assert sam.image_encoder.neck.dtype == sam.mask_decoder.dtype == jnp.bfloat16
+    with pytest.raises(TypeError, match="unknown options.*num_classes"):
+        evit_jax.create_model("efficientvit-sam-l0", num_classes=3)
 
 
 # bf16 compute (float32 params) against float32, on the fixtures' weights and inputs. The

@@ -30,7 +30,7 @@ def test_zoo_rows(name):
     model = evit_jax.create_model(name)
     assert isinstance(model, EfficientViTSam) and spec.task == "sam" and spec.norm_eps == 1e-6
     size = 1024 if "xl" in name else 512
-    assert model.head_cfg.encoder_size == size and spec.resolution == (size, size)
+    assert model.encoder_size == size and spec.resolution == (size, size)
     abstract = abstract_variables(model)
     top = set(abstract["params"])
     assert top == {"image_encoder", "prompt_encoder", "mask_decoder"}
