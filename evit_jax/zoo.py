@@ -68,9 +68,13 @@ class ModelSpec:
       head: the head config (ClsHeadConfig, SegHeadConfig, or SAM's).
       norm_eps: eps of every norm (the reference's `set_norm_eps`).
       attn_eps: LiteMLA eps (1e-15 official, 1e-5 timm).
-      key_style: checkpoint key naming, "official" or "timm".
+      key_style: checkpoint key naming, "official" or "timm" (the converter requires it).
       resolution: evaluation resolution (H, W) of its checkpoint / fixtures.
       crop_pct: evaluation center-crop ratio (classification).
+      dataset: what the checkpoint was trained and evaluated on: "imagenet", "cityscapes",
+        "ade20k", "sa-1b" (SAM); None for SR (ours, no published weights).
+      eval_mode: evaluation resize: "shorter" (shorter side to `eval_size`, then the
+        `crop_pct` centre crop) or "fixed" (to (eval_size, 2 * eval_size), Cityscapes).
       checkpoint: file name of the official checkpoint, if one is published.
       paper: published accuracy, e.g. {"top1": 79.39, "top5": 94.346} or {"miou": 80.547}.
     """
@@ -84,12 +88,25 @@ class ModelSpec:
     key_style: str = "official"
     resolution: tuple[int, int] = (224, 224)
     crop_pct: float = 1.0
+    dataset: str | None = None
+    eval_mode: str = "shorter"
     checkpoint: str | None = None
     paper: dict | None = None
 
     @property
     def num_classes(self) -> int:
         return self.head.num_classes
+
+    @property
+    def family(self) -> str:
+        """The backbone family: "b" (B0-B3) or "l" (L and XL: one builder, one key layout);
+        "sr" for the super-resolution models."""
+        return "sr" if self.task == "sr" else BACKBONES[self.backbone].family
+
+    @property
+    def eval_size(self) -> int:
+        """The side `eval_mode` resizes to: the resolution's H."""
+        return self.resolution[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,8 +145,11 @@ _SEG = [
 _SAM = [("l0", 512, 4, 1, 45.7, 41.8), ("l1", 512, 8, 1, 46.2, 42.1),
         ("l2", 512, 12, 1, 46.6, 42.7), ("xl0", 1024, 6, 4, 47.5, 43.9),
         ("xl1", 1024, 12, 4, 47.8, 44.4)]
-SEG_DATASETS = {"cityscapes": dict(num_classes=19, resolution=(1024, 2048)),
-                "ade20k": dict(num_classes=150, resolution=(512, 512))}
+SEG_DATASETS = {"cityscapes": dict(num_classes=19, resolution=(1024, 2048), eval_mode="fixed"),
+                "ade20k": dict(num_classes=150, resolution=(512, 512), eval_mode="shorter")}
+# Evaluation centre-crop ratio: the authors evaluate B1 at 0.95, the rest at 1.0; timm's
+# pretrained configs say 0.95 for every B model.
+CROP_PCT = {"official": {"b1": 0.95}, "timm": {"b0": 0.95, "b1": 0.95, "b2": 0.95, "b3": 0.95}}
 
 
 def _build_table() -> dict[str, ModelSpec]:
@@ -137,10 +157,10 @@ def _build_table() -> dict[str, ModelSpec]:
     for v, res, top1, top5 in _CLS:
         fam = BACKBONES[v].family
         name = f"efficientvit-{v}" + (f"-r{res}" if res else "")
-        crop = 0.95 if v == "b1" else 1.0
         table[name] = ModelSpec(
             name, "cls", v, ClsHeadConfig(CLS_HEAD_WIDTHS[v]), NORM_EPS[fam],
-            resolution=(res or 224,) * 2, crop_pct=crop,
+            resolution=(res or 224,) * 2, crop_pct=CROP_PCT["official"].get(v, 1.0),
+            dataset="imagenet",
             checkpoint=f"efficientvit_{v}_r{res}.pt" if res else None,
             paper={"top1": top1, "top5": top5} if top1 else None)
     for v, ds, width, depth, expand, middle, fexp, miou in _SEG:
@@ -149,19 +169,22 @@ def _build_table() -> dict[str, ModelSpec]:
         head = SegHeadConfig(tuple(bb.width_list[4:1:-1]), width, depth, expand, middle, fexp,
                              SEG_DATASETS[ds]["num_classes"])
         table[name] = ModelSpec(name, "seg", v, head, NORM_EPS[bb.family],
-                                resolution=SEG_DATASETS[ds]["resolution"],
+                                resolution=SEG_DATASETS[ds]["resolution"], dataset=ds,
+                                eval_mode=SEG_DATASETS[ds]["eval_mode"],
                                 checkpoint=f"efficientvit_seg_{v}_{ds}.pt", paper={"miou": miou})
     for v, size, depth, expand, coco, lvis in _SAM:
         n = BACKBONES[v].num_stages
         fids = tuple(f"stage{i}" for i in range(n - 1, n - 4, -1))
         name = f"efficientvit-sam-{v}"
         table[name] = ModelSpec(name, "sam", v, SamConfig(size, fids, depth, expand), 1e-6,
-                                resolution=(size, size), checkpoint=f"efficientvit_sam_{v}.pt",
+                                resolution=(size, size), dataset="sa-1b",
+                                checkpoint=f"efficientvit_sam_{v}.pt",
                                 paper={"coco_map": coco, "lvis_map": lvis})
     for v in ("b0", "b1", "b2", "b3", "l1", "l2", "l3"):  # timm: own key names, attn eps 1e-5
         name = f"efficientvit_{v}"
         table[name] = dataclasses.replace(table[f"efficientvit-{v}"], name=name, attn_eps=1e-5,
-                                          key_style="timm", crop_pct=0.95 if v[0] == "b" else 1.0)
+                                          key_style="timm",
+                                          crop_pct=CROP_PCT["timm"].get(v, 1.0))
     _add_sr(table)
     return table
 
