@@ -306,7 +306,15 @@ def create_model(name: str, dtype: Any = jnp.float32, fused_bn: bool = False,
     Returns:
       A `flax.linen.Module`; `model.apply(variables, x)` runs inference on `[N, H, W, 3]`.
     """
-    spec = model_info(name)
+    return model_from_spec(model_info(name), dtype, fused_bn, **overrides)
+
+
+def model_from_spec(spec: ModelSpec, dtype: Any = jnp.float32, fused_bn: bool = False,
+                    **overrides: Any) -> nn.Module:
+    """`create_model` for an entry that is not in the table: a zoo entry changed with
+    `dataclasses.replace` (e.g. a SAM head at another encoder size or embedding grid, for
+    training at reduced size). The arguments are `create_model`'s."""
+    name = spec.name
     head_fields = {f.name for f in dataclasses.fields(spec.head)}
     if "num_classes" in overrides and "num_classes" in head_fields:
         spec = dataclasses.replace(spec, head=dataclasses.replace(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -11,7 +12,7 @@ import pytest
 from flax.traverse_util import flatten_dict
 
 import evit_jax
-from evit_jax.zoo import init_variables
+from evit_jax.zoo import abstract_variables, init_variables
 from tests.helpers import fixture_dirs, has_fixture, load_synth, needs_shared, rel_l2, synth_case
 
 CLS_SEG = [n for n in evit_jax.list_models() if evit_jax.model_info(n).task in ("cls", "seg")]
@@ -117,6 +118,19 @@ def test_create_model_options():
     assert sam.image_encoder.neck.dtype == sam.mask_decoder.dtype == jnp.bfloat16
     with pytest.raises(TypeError, match="unknown options.*num_classes"):
         evit_jax.create_model("efficientvit-sam-l0", num_classes=3)
+
+
+def test_model_from_spec_builds_a_changed_entry():
+    """A SAM entry at a reduced encoder size and embedding grid (how training shrinks it)."""
+    spec = evit_jax.model_info("efficientvit-sam-l0")
+    head = dataclasses.replace(spec.head, encoder_size=256,
+                               decoder=dataclasses.replace(spec.head.decoder, grid=16))
+    model = evit_jax.zoo.model_from_spec(dataclasses.replace(spec, head=head))
+    assert (model.encoder_size, model.low_res_size, model.prompt_size) == (256, 64, 1024)
+    x = jax.ShapeDtypeStruct((1, 256, 256, 3), jnp.float32)
+    emb = jax.eval_shape(lambda v, x: model.apply(v, x, method="encode_image"),
+                         abstract_variables(model), x)
+    assert emb.shape == (1, 16, 16, 256)
 
 
 # bf16 compute (float32 params) against float32, on the fixtures' weights and inputs. The
