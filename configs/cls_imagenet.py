@@ -14,6 +14,7 @@ try:  # installed, configs/ is evit_jax.configs; in a checkout, the top-level co
     from evit_jax.configs import common
 except ImportError:
     from configs import common
+from evit_jax.zoo import ModelSpec, model_info
 
 IMAGENET_TRAIN = 1_281_167
 
@@ -28,20 +29,24 @@ RECIPES = {
 }
 
 
-def parse_model(name: str) -> tuple[str, int]:
-    """`efficientvit-b2-r288` -> ("b2", 288); no suffix -> 224."""
-    parts = name.split("-")
-    if len(parts) < 2 or parts[0] != "efficientvit" or parts[1] not in RECIPES:
+def recipe_entry(name: str) -> ModelSpec:
+    """The zoo entry of an authors' classifier with a recipe (`efficientvit-b2-r288`)."""
+    try:
+        spec = model_info(name)
+    except ValueError:
+        spec = None
+    if spec is None or spec.task != "cls" or spec.key_style != "official" \
+            or spec.backbone not in RECIPES:
         raise ValueError(f"no ImageNet recipe for {name!r}; known: "
                          f"{['efficientvit-' + v for v in RECIPES]} (+ -r256, -r288, ...)")
-    res = int(parts[2][1:]) if len(parts) > 2 else 224
-    return parts[1], res
+    return spec
 
 
 def get_config(arg: str | None = None):
     a = common.parse_arg(arg, model="efficientvit-b1", data_dir="", batch_size=1024,
                          epochs=300, warmup_epochs=20, runlocal=False)
-    variant, res = parse_model(a.model)
+    spec = recipe_entry(a.model)
+    variant, res = spec.backbone, spec.eval_size
     base_lr, n, m, mix, dp, skip, erase, mesa, dtype = RECIPES[variant]
     c = common.base_config()
     c.model = f"efficientvit-{variant}"  # the suffix only names the resolution
@@ -70,7 +75,7 @@ def get_config(arg: str | None = None):
     c.data.num_workers = 8
     c.input.train_sizes = tuple(range(128, res + 1, 32))
     c.input.eval_size = res
-    c.input.eval_crop = 0.95 if variant == "b1" else 1.0
+    c.input.eval_crop = spec.crop_pct
     c.input.interpolation = "random"
     c.input.randaug_n, c.input.randaug_m = n, m
     c.input.erase_p = erase

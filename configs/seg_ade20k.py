@@ -17,11 +17,10 @@ except ImportError:
 def get_config(arg: str | None = None):
     a = common.parse_arg(arg, model="efficientvit-seg-b1-ade20k", weights="", data="",
                          data_dir="", batch_size=16, steps=160_000, runlocal=False)
-    c = seg_config(a, "ade20k", 150)
+    c = seg_config(a, "ade20k")
     c.data.name = f"ade20k:{a.data}" if a.data else "ade20k:ADEChallengeData2016"
     c.data.train_split, c.data.eval_split = "training", "validation"
     c.input.crop_size = (512, 512)
     c.input.scale_range = (0.5, 2.0)
-    c.input.eval_mode, c.input.eval_size = "shorter", 512
     c.eval_batch_size = 1  # every validation image has its own size
     return common.runlocal(c) if a.runlocal else c

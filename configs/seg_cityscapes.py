@@ -17,10 +17,9 @@ except ImportError:
 def get_config(arg: str | None = None):
     a = common.parse_arg(arg, model="efficientvit-seg-b1-cityscapes", weights="", data_dir="",
                          batch_size=16, steps=90_000, runlocal=False)
-    c = seg_config(a, "cityscapes", 19)
+    c = seg_config(a, "cityscapes")
     c.data.name = "cityscapes/semantic_segmentation"
     c.data.train_split, c.data.eval_split = "train", "validation"
     c.input.crop_size = (1024, 1024)
     c.input.scale_range = (0.5, 2.0)
-    c.input.eval_mode, c.input.eval_size = "fixed", 1024
     return common.runlocal(c) if a.runlocal else c

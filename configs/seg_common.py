@@ -11,19 +11,22 @@ try:  # installed, configs/ is evit_jax.configs; in a checkout, the top-level co
     from evit_jax.configs import common
 except ImportError:
     from configs import common
+from evit_jax.zoo import model_info
 
 
-def seg_config(a, dataset: str, classes: int):
-    parts = a.model.split("-")
-    if parts[:2] != ["efficientvit", "seg"] or parts[-1] != dataset:
+def seg_config(a, dataset: str):
+    """The shared recipe for zoo model `a.model`, a segmenter of `dataset`; the classes and the
+    evaluation resize come from its zoo entry."""
+    spec = model_info(a.model)
+    if spec.task != "seg" or spec.dataset != dataset:
         raise ValueError(f"expected a model like efficientvit-seg-b1-{dataset}, got {a.model!r}")
-    variant = parts[2]
+    large = spec.family == "l"
     c = common.base_config()
     c.task = "seg"
     c.model = a.model
-    c.num_classes = classes
-    c.dtype = "bfloat16" if variant.startswith("l") else "float32"
-    c.drop_path = 0.1 if variant.startswith("l") else 0.05
+    c.num_classes = spec.num_classes
+    c.dtype = "bfloat16" if large else "float32"
+    c.drop_path = 0.1 if large else 0.05
     c.init_from = a.weights
     c.init_include = "^(params|batch_stats)/backbone/"  # the head starts fresh
     c.init_exclude = ()
@@ -41,4 +44,5 @@ def seg_config(a, dataset: str, classes: int):
     c.checkpoint_every_steps = 2_000
     c.data.data_dir = a.data_dir
     c.data.num_workers = 8
+    c.input.eval_mode, c.input.eval_size = spec.eval_mode, spec.eval_size
     return c

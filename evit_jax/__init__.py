@@ -1,11 +1,10 @@
 """evit-jax: EfficientViT (multi-scale linear attention) in JAX/Flax."""
 
-__version__ = "0.1.0"
-
 from evit_jax.convert.keymap import convert_state_dict  # noqa: E402
 from evit_jax.fuse import fuse_bn  # noqa: E402
 from evit_jax.hub import pretrained  # noqa: E402
 from evit_jax.io import load_variables, save_variables  # noqa: E402
+from evit_jax.version import __version__  # noqa: E402, F401
 from evit_jax.zoo import create_model, init_variables, list_models, model_info  # noqa: E402
 
 __all__ = ["convert_state_dict", "create_model", "fuse_bn", "init_variables", "list_models",

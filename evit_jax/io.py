@@ -58,7 +58,7 @@ def save_variables(variables: Mapping[str, Any], directory: str | os.PathLike, *
     """
     from safetensors.numpy import save_file
 
-    import evit_jax
+    from evit_jax.version import __version__
 
     dst = Path(directory)
     if dst.exists() and not dst.is_dir():
@@ -68,7 +68,7 @@ def save_variables(variables: Mapping[str, Any], directory: str | os.PathLike, *
                               "directory or pass overwrite=True (--overwrite)")
     flat = _flat(variables)
     config = {"format": FORMAT, "format_version": FORMAT_VERSION,
-              "evit_jax_version": evit_jax.__version__, "model": model,
+              "evit_jax_version": __version__, "model": model,
               "num_tensors": len(flat),
               "num_params": int(sum(v.size for k, v in flat.items() if k.startswith("params/"))),
               "metadata": dict(metadata or {})}

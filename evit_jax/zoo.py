@@ -20,10 +20,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from evit_jax.models.backbone import BackboneConfig
+from evit_jax.models.backbone import BackboneConfig, EfficientViTBackbone
 from evit_jax.models.cls import EfficientViTCls
-from evit_jax.models.heads import ClsHeadConfig, SegHeadConfig
+from evit_jax.models.heads import ClsHead, ClsHeadConfig, SegHeadConfig, seg_head
 from evit_jax.models.sam import EfficientViTSam, SamConfig
+from evit_jax.models.sam.mask_decoder import MaskDecoder
+from evit_jax.models.sam.neck import SamImageEncoder, sam_neck
+from evit_jax.models.sam.prompt_encoder import PromptEncoder
 from evit_jax.models.seg import EfficientViTSeg
 from evit_jax.models.sr import EfficientViTSR, SRBodyConfig, SRHeadConfig
 from evit_jax.nn.conv import with_folded_bn
@@ -65,9 +68,13 @@ class ModelSpec:
       head: the head config (ClsHeadConfig, SegHeadConfig, or SAM's).
       norm_eps: eps of every norm (the reference's `set_norm_eps`).
       attn_eps: LiteMLA eps (1e-15 official, 1e-5 timm).
-      key_style: checkpoint key naming, "official" or "timm".
+      key_style: checkpoint key naming, "official" or "timm" (the converter requires it).
       resolution: evaluation resolution (H, W) of its checkpoint / fixtures.
       crop_pct: evaluation center-crop ratio (classification).
+      dataset: what the checkpoint was trained and evaluated on: "imagenet", "cityscapes",
+        "ade20k", "sa-1b" (SAM); None for SR (ours, no published weights).
+      eval_mode: evaluation resize: "shorter" (shorter side to `eval_size`, then the
+        `crop_pct` centre crop) or "fixed" (to (eval_size, 2 * eval_size), Cityscapes).
       checkpoint: file name of the official checkpoint, if one is published.
       paper: published accuracy, e.g. {"top1": 79.39, "top5": 94.346} or {"miou": 80.547}.
     """
@@ -81,12 +88,25 @@ class ModelSpec:
     key_style: str = "official"
     resolution: tuple[int, int] = (224, 224)
     crop_pct: float = 1.0
+    dataset: str | None = None
+    eval_mode: str = "shorter"
     checkpoint: str | None = None
     paper: dict | None = None
 
     @property
     def num_classes(self) -> int:
         return self.head.num_classes
+
+    @property
+    def family(self) -> str:
+        """The backbone family: "b" (B0-B3) or "l" (L and XL: one builder, one key layout);
+        "sr" for the super-resolution models."""
+        return "sr" if self.task == "sr" else BACKBONES[self.backbone].family
+
+    @property
+    def eval_size(self) -> int:
+        """The side `eval_mode` resizes to: the resolution's H."""
+        return self.resolution[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -125,8 +145,11 @@ _SEG = [
 _SAM = [("l0", 512, 4, 1, 45.7, 41.8), ("l1", 512, 8, 1, 46.2, 42.1),
         ("l2", 512, 12, 1, 46.6, 42.7), ("xl0", 1024, 6, 4, 47.5, 43.9),
         ("xl1", 1024, 12, 4, 47.8, 44.4)]
-SEG_DATASETS = {"cityscapes": dict(num_classes=19, resolution=(1024, 2048)),
-                "ade20k": dict(num_classes=150, resolution=(512, 512))}
+SEG_DATASETS = {"cityscapes": dict(num_classes=19, resolution=(1024, 2048), eval_mode="fixed"),
+                "ade20k": dict(num_classes=150, resolution=(512, 512), eval_mode="shorter")}
+# Evaluation centre-crop ratio: the authors evaluate B1 at 0.95, the rest at 1.0; timm's
+# pretrained configs say 0.95 for every B model.
+CROP_PCT = {"official": {"b1": 0.95}, "timm": {"b0": 0.95, "b1": 0.95, "b2": 0.95, "b3": 0.95}}
 
 
 def _build_table() -> dict[str, ModelSpec]:
@@ -134,10 +157,10 @@ def _build_table() -> dict[str, ModelSpec]:
     for v, res, top1, top5 in _CLS:
         fam = BACKBONES[v].family
         name = f"efficientvit-{v}" + (f"-r{res}" if res else "")
-        crop = 0.95 if v == "b1" else 1.0
         table[name] = ModelSpec(
             name, "cls", v, ClsHeadConfig(CLS_HEAD_WIDTHS[v]), NORM_EPS[fam],
-            resolution=(res or 224,) * 2, crop_pct=crop,
+            resolution=(res or 224,) * 2, crop_pct=CROP_PCT["official"].get(v, 1.0),
+            dataset="imagenet",
             checkpoint=f"efficientvit_{v}_r{res}.pt" if res else None,
             paper={"top1": top1, "top5": top5} if top1 else None)
     for v, ds, width, depth, expand, middle, fexp, miou in _SEG:
@@ -146,19 +169,22 @@ def _build_table() -> dict[str, ModelSpec]:
         head = SegHeadConfig(tuple(bb.width_list[4:1:-1]), width, depth, expand, middle, fexp,
                              SEG_DATASETS[ds]["num_classes"])
         table[name] = ModelSpec(name, "seg", v, head, NORM_EPS[bb.family],
-                                resolution=SEG_DATASETS[ds]["resolution"],
+                                resolution=SEG_DATASETS[ds]["resolution"], dataset=ds,
+                                eval_mode=SEG_DATASETS[ds]["eval_mode"],
                                 checkpoint=f"efficientvit_seg_{v}_{ds}.pt", paper={"miou": miou})
     for v, size, depth, expand, coco, lvis in _SAM:
         n = BACKBONES[v].num_stages
         fids = tuple(f"stage{i}" for i in range(n - 1, n - 4, -1))
         name = f"efficientvit-sam-{v}"
         table[name] = ModelSpec(name, "sam", v, SamConfig(size, fids, depth, expand), 1e-6,
-                                resolution=(size, size), checkpoint=f"efficientvit_sam_{v}.pt",
+                                resolution=(size, size), dataset="sa-1b",
+                                checkpoint=f"efficientvit_sam_{v}.pt",
                                 paper={"coco_map": coco, "lvis_map": lvis})
     for v in ("b0", "b1", "b2", "b3", "l1", "l2", "l3"):  # timm: own key names, attn eps 1e-5
         name = f"efficientvit_{v}"
         table[name] = dataclasses.replace(table[f"efficientvit-{v}"], name=name, attn_eps=1e-5,
-                                          key_style="timm", crop_pct=0.95 if v[0] == "b" else 1.0)
+                                          key_style="timm",
+                                          crop_pct=CROP_PCT["timm"].get(v, 1.0))
     _add_sr(table)
     return table
 
@@ -181,15 +207,9 @@ def _add_sr(table: dict[str, ModelSpec]) -> None:
 
 
 MODELS: dict[str, ModelSpec] = _build_table()
-_FACTORIES: dict[str, Any] = {"cls": EfficientViTCls, "seg": EfficientViTSeg,
-                              "sam": EfficientViTSam, "sr": EfficientViTSR}
-
-
-def register(spec: ModelSpec, factory: Any = None) -> None:
-    """Add a zoo entry (and, for a new task, the module class that builds it)."""
-    MODELS[spec.name] = spec
-    if factory is not None:
-        _FACTORIES[spec.task] = factory
+# What create_model's keyword options may set. Each part declares the ones it takes, with
+# its own default; an option goes to every part of the model that declares it.
+OPTIONS = ("norm_eps", "attn_eps", "drop_path", "drop_path_skip", "zero_init_last", "dtype")
 
 
 def list_models(pattern: str | None = None) -> list[str]:
@@ -253,6 +273,23 @@ def init_variables(model: nn.Module, rng: Any = 0) -> dict[str, Any]:
     return unflatten_dict(out)
 
 
+def _build(spec: ModelSpec, part: Any) -> nn.Module:
+    """The module of `spec`, assembled from its parts; `part(module)` gives each part its
+    options (the task models own no options themselves)."""
+    if spec.task == "sr":
+        return part(EfficientViTSR(SR_BODIES[spec.backbone], spec.head))
+    bb = BACKBONES[spec.backbone]
+    backbone = part(EfficientViTBackbone(bb))
+    if spec.task == "cls":
+        return EfficientViTCls(backbone, part(ClsHead(spec.head, bb.act)))
+    if spec.task == "seg":
+        return EfficientViTSeg(backbone, part(seg_head(spec.head, bb.act)))
+    sam, dec = spec.head, spec.head.decoder
+    encoder = part(SamImageEncoder(backbone, part(sam_neck(sam, bb.act))))
+    prompts = part(PromptEncoder(dec.embed_dim, dec.grid, dec.prompt_size, dec.mask_in_chans))
+    return EfficientViTSam(encoder, prompts, part(MaskDecoder(dec)), sam.encoder_size)
+
+
 def create_model(name: str, dtype: Any = jnp.float32, fused_bn: bool = False,
                  **overrides: Any) -> nn.Module:
     """Build the Flax module of a zoo model (parameters come separately, as `variables`).
@@ -263,24 +300,39 @@ def create_model(name: str, dtype: Any = jnp.float32, fused_bn: bool = False,
         linear attention runs in float32.
       fused_bn: build every conv + BatchNorm as one conv with a bias (inference only): the
         module that `evit_jax.fuse_bn(variables, name)` output fits.
-      **overrides: module fields, e.g. `drop_path=0.1`, `zero_init_last=True`, or
-        `num_classes=10` (a new classifier for fine-tuning).
+      **overrides: `OPTIONS` of the parts, e.g. `drop_path=0.1`, `zero_init_last=True`
+        (the backbone's), `norm_eps` (every part with a norm), or `num_classes=10` (a new
+        classifier for fine-tuning).
     Returns:
       A `flax.linen.Module`; `model.apply(variables, x)` runs inference on `[N, H, W, 3]`.
     """
-    spec = model_info(name)
-    factory = _FACTORIES[spec.task]  # every task's module: (backbone_cfg, head_cfg, eps..., dtype)
-    head = spec.head
-    if "num_classes" in overrides:
-        head = dataclasses.replace(head, num_classes=int(overrides.pop("num_classes")))
-    fields = {f.name for f in dataclasses.fields(factory)}
-    unknown = sorted(set(overrides) - fields)
+    return model_from_spec(model_info(name), dtype, fused_bn, **overrides)
+
+
+def model_from_spec(spec: ModelSpec, dtype: Any = jnp.float32, fused_bn: bool = False,
+                    **overrides: Any) -> nn.Module:
+    """`create_model` for an entry that is not in the table: a zoo entry changed with
+    `dataclasses.replace` (e.g. a SAM head at another encoder size or embedding grid, for
+    training at reduced size). The arguments are `create_model`'s."""
+    name = spec.name
+    head_fields = {f.name for f in dataclasses.fields(spec.head)}
+    if "num_classes" in overrides and "num_classes" in head_fields:
+        spec = dataclasses.replace(spec, head=dataclasses.replace(
+            spec.head, num_classes=int(overrides.pop("num_classes"))))
+    options = dict(norm_eps=spec.norm_eps, attn_eps=spec.attn_eps, dtype=dtype)
+    options.update(overrides)
+    declared: set[str] = set()
+
+    def part(module: nn.Module) -> nn.Module:
+        # Route the options this part declares to it (a frozen dataclass: replace).
+        names = {f.name for f in dataclasses.fields(module)} & set(OPTIONS)
+        declared.update(names)
+        return dataclasses.replace(module, **{k: options[k] for k in names & set(options)})
+
+    model = _build(spec, part)
+    unknown = sorted(set(overrides) - declared)
     if unknown:
-        allowed = sorted(fields - {"parent", "name", "backbone_cfg", "head_cfg"})
+        allowed = sorted(declared | ({"num_classes"} & head_fields))
         raise TypeError(f"create_model({name!r}) got unknown options {unknown}; "
                         f"allowed: {allowed}")
-    kw = dict(norm_eps=spec.norm_eps, attn_eps=spec.attn_eps, dtype=dtype)
-    kw.update(overrides)
-    body = SR_BODIES[spec.backbone] if spec.task == "sr" else BACKBONES[spec.backbone]
-    model = factory(body, head, **kw)
     return with_folded_bn(model) if fused_bn else model  # fused_bn: evit_jax.nn.conv

@@ -152,7 +152,7 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     model = evit_jax.create_model(MODEL)
     variables = random_encoder(init_variables(model, args.seed), args.seed)
-    size = model.head_cfg.encoder_size
+    size = model.encoder_size
     input_size = preprocess_shape(H, W, 1024)
     scale = np.array([input_size[1] / W, input_size[0] / H])
 

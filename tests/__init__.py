@@ -1,0 +1,1 @@
+"""The test suite (pytest); shared helpers are in `tests/helpers.py`."""

@@ -13,23 +13,13 @@ import pytest
 
 import evit_jax
 from evit_jax.convert.cli import main
-
-torch = pytest.importorskip("torch")
-ROOT = Path(__file__).resolve().parents[1]
-PARITY = Path("/work/shared/parity")
-if not PARITY.is_dir():
-    pytest.skip("parity fixtures not found", allow_module_level=True)
-sys.path.insert(0, str(PARITY))
-import synth  # noqa: E402
-
-
-def _rel(a, b) -> float:
-    return float(np.linalg.norm(np.asarray(a) - b) / np.linalg.norm(b))
+from tests.helpers import PARITY, ROOT, needs_shared, rel_l2
 
 
 @pytest.fixture(scope="module")
-def official_b0(tmp_path_factory) -> tuple[Path, dict]:
+def official_b0(tmp_path_factory, synth) -> tuple[Path, dict]:
     """The authors' layout: a torch.save'd `{"state_dict": ...}` of efficientvit-b0."""
+    torch = pytest.importorskip("torch")
     golden = synth.load_golden("efficientvit-b0")
     sd = synth.synthesize(synth.load_schema("efficientvit-b0"), int(golden["seed"]))
     path = tmp_path_factory.mktemp("ckpt") / "efficientvit_b0_r224.pt"
@@ -38,7 +28,7 @@ def official_b0(tmp_path_factory) -> tuple[Path, dict]:
 
 
 @pytest.fixture(scope="module")
-def timm_b0(tmp_path_factory) -> tuple[Path, dict]:
+def timm_b0(tmp_path_factory, synth) -> tuple[Path, dict]:
     """timm's layout: a bare state dict in timm naming, as model.safetensors."""
     from safetensors.numpy import save_file
 
@@ -53,9 +43,10 @@ def _check_golden(name: str, dst: Path, golden: dict) -> None:
     variables = evit_jax.load_variables(dst)
     x = jnp.asarray(golden["input"].astype(np.float32).transpose(0, 2, 3, 1))
     logits = jax.jit(evit_jax.create_model(name).apply)(variables, x)
-    assert _rel(logits, golden["logits"]) <= 1e-5
+    assert rel_l2(logits, golden["logits"]) <= 1e-5
 
 
+@needs_shared
 def test_official_checkpoint_with_verify(official_b0, tmp_path, capsys):
     src, golden = official_b0
     dst = tmp_path / "b0"
@@ -74,6 +65,7 @@ def test_official_checkpoint_with_verify(official_b0, tmp_path, capsys):
     _check_golden("efficientvit-b0", dst, golden)
 
 
+@needs_shared
 def test_timm_safetensors(timm_b0, tmp_path):
     src, golden = timm_b0
     assert main(["--model", "efficientvit_b0", "--src", str(src), "--dst",
@@ -81,6 +73,7 @@ def test_timm_safetensors(timm_b0, tmp_path):
     _check_golden("efficientvit_b0", tmp_path / "t", golden)
 
 
+@needs_shared
 def test_wrong_checkpoint_lists_keys(official_b0, tmp_path, capsys):
     src, _ = official_b0
     assert main(["--model", "efficientvit-b1", "--src", str(src), "--dst",
@@ -93,6 +86,7 @@ def test_wrong_checkpoint_lists_keys(official_b0, tmp_path, capsys):
     assert "Traceback" not in err and not (tmp_path / "x").exists()
 
 
+@needs_shared
 def test_user_errors(official_b0, tmp_path, capsys):
     src, _ = official_b0
     (tmp_path / "full").mkdir()
@@ -111,6 +105,18 @@ def test_user_errors(official_b0, tmp_path, capsys):
     assert not (tmp_path / "new").exists()
 
 
+@pytest.mark.parametrize("name, key, fix", [
+    ("efficientvit-b0", "stem.in_conv.conv.weight", "efficientvit_b0"),
+    ("efficientvit_b0", "backbone.input_stem.op_list.0.conv.weight", "efficientvit-b0"),
+    ("efficientvit-seg-b0-cityscapes", "stages.0.blocks.0.main.conv.weight", "no zoo entry"),
+])
+def test_key_style_must_match_the_entry(name, key, fix):
+    """timm's keys under an official name would convert and compute with the wrong LiteMLA
+    eps (and the other way round): refused, naming the entry to use."""
+    with pytest.raises(evit_jax.convert.CheckpointMismatchError, match=f"key names.*{fix}"):
+        evit_jax.convert_state_dict(name, {key: np.zeros((8, 3, 3, 3), np.float32)})
+
+
 def test_script_unknown_model(tmp_path):
     """The repository script, as a user runs it: a bad name exits 1 with close names."""
     r = subprocess.run([sys.executable, "convert/convert_torch_ckpt.py", "--model",
@@ -121,6 +127,7 @@ def test_script_unknown_model(tmp_path):
     assert "Traceback" not in r.stderr
 
 
+@needs_shared
 def test_works_without_torch(official_b0, tmp_path):
     """evit_jax imports and converts a .pt file where torch cannot be imported."""
     src, _ = official_b0
@@ -157,6 +164,7 @@ def _reference_importable(name: str) -> bool:
     return True
 
 
+@needs_shared
 @pytest.mark.parametrize("which", ["official", "timm"])
 def test_verify_model_against_reference(which, official_b0, timm_b0):
     """Tier (b) of --verify: PyTorch reference vs converted Flax model (needs the reference:

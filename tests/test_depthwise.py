@@ -16,6 +16,7 @@ from evit_jax.nn.depthwise import (
     depthwise_impl,
     set_depthwise_impl,
 )
+from tests.helpers import rel_l2
 
 NEEDS_NATIVE = pytest.mark.skipif(not native.available(),
                                   reason=f"native kernels not built: {native.why_unavailable()}")
@@ -23,11 +24,6 @@ IMPL_PARAMS = ["shift_add", pytest.param("native", marks=NEEDS_NATIVE)]
 # (batch, H, W, C): odd sizes; C = 13 (scalar tail), 40 (32-wide + 8-wide), 64 (32-wide);
 # the last one is large enough to be split across threads.
 SHAPES = [(1, 7, 9, 13), (2, 11, 6, 40), (2, 33, 17, 64)]
-
-
-def _rel(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)
 
 
 def _data(shape, k, seed=0):
@@ -48,11 +44,11 @@ def test_forward_and_gradients_match_lax(impl, k, stride, shape):
     y_ref, vjp_ref = jax.vjp(ref_fn, x, w)
     y, vjp = jax.vjp(fn, x, w)
     assert y.shape == y_ref.shape and y.dtype == jnp.float32
-    assert _rel(y, y_ref) < 1e-6
+    assert rel_l2(y, y_ref) < 1e-6
     g = jnp.asarray(np.random.default_rng(1).normal(size=y.shape).astype(np.float32))
     for got, want in zip(vjp(g), vjp_ref(g)):
         assert got.shape == want.shape
-        assert _rel(got, want) < 1e-5
+        assert rel_l2(got, want) < 1e-5
 
 
 @pytest.mark.parametrize("impl", IMPL_PARAMS)
@@ -67,10 +63,10 @@ def test_fused_bias_activation(impl, act):
     fn = jax.jit(lambda x, w, b: depthwise_conv2d(x, w, 1, impl=impl, bias=b, act=act))
     y_ref, vjp_ref = jax.vjp(ref_fn, x, w, bias)
     y, vjp = jax.vjp(fn, x, w, bias)
-    assert _rel(y, y_ref) < 1e-6
+    assert rel_l2(y, y_ref) < 1e-6
     g = jnp.asarray(np.random.default_rng(4).normal(size=y.shape).astype(np.float32))
     for got, want in zip(vjp(g), vjp_ref(g)):
-        assert _rel(got, want) < 1e-5
+        assert rel_l2(got, want) < 1e-5
 
 
 @pytest.mark.parametrize("impl", IMPL_PARAMS)
@@ -90,10 +86,10 @@ def test_prologue(impl, in_act, stride):
         x, w, stride, impl=impl, bias=b, act="relu6", prologue=(a, s, in_act)))
     y_ref, vjp_ref = jax.vjp(ref_fn, x, w, bias, a, s)
     y, vjp = jax.vjp(fn, x, w, bias, a, s)
-    assert _rel(y, y_ref) < 1e-6
+    assert rel_l2(y, y_ref) < 1e-6
     g = jnp.asarray(rng.normal(size=y.shape).astype(np.float32))
     for got, want in zip(vjp(g), vjp_ref(g)):
-        assert _rel(got, want) < 1e-5
+        assert rel_l2(got, want) < 1e-5
 
 
 @NEEDS_NATIVE
@@ -103,7 +99,7 @@ def test_native_takes_bfloat16_and_returns_its_dtype():
     assert y.dtype == jnp.bfloat16
     ref = IMPLS["lax"](x.astype(jnp.bfloat16).astype(jnp.float32),
                        w.astype(jnp.bfloat16).astype(jnp.float32), 1, 2)
-    assert _rel(y.astype(jnp.float32), ref) < 1e-2
+    assert rel_l2(y.astype(jnp.float32), ref) < 1e-2
 
 
 def test_impl_selection_and_errors():

@@ -13,12 +13,10 @@ from evit_jax.train import augment
 from evit_jax.train.evaluate import Evaluator, run_eval
 from PIL import Image
 
-from tests.helpers import load_synth
-
-synth = load_synth()
+from tests.helpers import needs_shared
 
 
-def _synthetic_weights(tmp_path, name="efficientvit-b0"):
+def _synthetic_weights(tmp_path, synth, name="efficientvit-b0"):
     from safetensors.numpy import save_file
     sd = synth.synthesize(synth.load_schema(name), seed=3)
     path = str(tmp_path / f"{name}.safetensors")
@@ -26,8 +24,9 @@ def _synthetic_weights(tmp_path, name="efficientvit-b0"):
     return path, sd
 
 
-def test_eval_cli_on_converted_weights_matches_direct_computation(tmp_path):
-    path, sd = _synthetic_weights(tmp_path)
+@needs_shared
+def test_eval_cli_on_converted_weights_matches_direct_computation(tmp_path, synth):
+    path, sd = _synthetic_weights(tmp_path, synth)
     rng = np.random.default_rng(0)
     root = tmp_path / "imgs"
     for cls in ("n01", "n02", "n03"):
@@ -74,7 +73,8 @@ def test_miou_is_computed_over_the_whole_split():
     assert res["miou"] == pytest.approx((1 + 4 / 6 + 0) / 3)
 
 
-def test_segmentation_eval_on_converted_weights(shapes_dir):
+@needs_shared
+def test_segmentation_eval_on_converted_weights(shapes_dir, synth):
     """Converted (synthetic) Cityscapes weights on the embedded masks: the Evaluator's mIoU
     equals a direct computation with the reference's full-resolution bicubic resize."""
     from evit_jax.train.input_pipeline import make_eval_dataset

@@ -10,11 +10,7 @@ from evit_jax.bench.programs import random_variables
 from evit_jax.export import export_model, load_exported, main, save_exported
 from evit_jax.io import save_variables
 from evit_jax.zoo import MODELS
-
-
-def _rel(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+from tests.helpers import rel_l2
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +31,7 @@ def test_round_trip_with_symbolic_batch(seg_b0, tmp_path):
     for batch in (1, 3):  # one artifact, any batch
         out = loaded.call(x[:batch])
         assert out.shape == (batch, 8, 12, 19)
-        assert _rel(out, ref[:batch]) < 1e-5
+        assert rel_l2(out, ref[:batch]) < 1e-5
 
 
 def test_cli_from_a_variables_directory(tmp_path, capsys):
@@ -48,7 +44,7 @@ def test_cli_from_a_variables_directory(tmp_path, capsys):
                  "--resolution", "32"]) == 0
     assert "wrote" in capsys.readouterr().out
     x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
-    assert _rel(load_exported(out).call(x), jax.jit(model.apply)(variables, x)) < 1e-5
+    assert rel_l2(load_exported(out).call(x), jax.jit(model.apply)(variables, x)) < 1e-5
     # A directory of another model is refused, with a message.
     assert main(["--model", "efficientvit-b1", "--weights", str(tmp_path / "vars"),
                  "--out", str(tmp_path / "x")]) == 1
@@ -65,4 +61,4 @@ def test_sam_encoder_round_trip(tmp_path):
                                          tmp_path / "enc.jaxexport"))
     x = np.random.default_rng(0).normal(size=(1, 512, 512, 3)).astype(np.float32)
     ref = jax.jit(lambda v, x: model.apply(v, x, method="encode_image"))(variables, x)
-    assert _rel(loaded.call(x), ref) < 1e-5
+    assert rel_l2(loaded.call(x), ref) < 1e-5

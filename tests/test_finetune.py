@@ -11,13 +11,13 @@ from evit_jax.train.state import merge_pretrained
 from evit_jax import create_model
 from evit_jax.convert.keymap import convert_state_dict
 from evit_jax.zoo import abstract_variables
-from tests.helpers import load_synth
+from tests.helpers import needs_shared
 
-synth = load_synth()
+pytestmark = needs_shared  # every test starts from converted fixture weights
 
 
 @pytest.fixture(scope="module")
-def converted():
+def converted(synth):
     sd = synth.synthesize(synth.load_schema("efficientvit-b0"), seed=1)
     return convert_state_dict("efficientvit-b0", sd)
 

@@ -12,6 +12,7 @@ from evit_jax.fuse import fuse_bn
 from evit_jax.nn.conv import ConvLayer, with_folded_bn
 from evit_jax.nn.depthwise import IMPLS, depthwise_impl
 from evit_jax.zoo import MODELS, abstract_variables
+from tests.helpers import rel_l2
 
 # One model per kind of block the fold meets: B (DSConv, MBConv, hswish), L (ResBlock,
 # FusedMBConv, GELU, fewer-norm MBConv) with the FusedMBConv segmentation head and its final
@@ -19,11 +20,6 @@ from evit_jax.zoo import MODELS, abstract_variables
 FAST = ["efficientvit-b0", "efficientvit-seg-l1-ade20k"]
 FAST += [n for n in ("efficientvit-sam-l0",) if n in MODELS]
 SLOW = [pytest.param(n, marks=pytest.mark.slow) for n in evit_jax.list_models() if n not in FAST]
-
-
-def _rel(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 @pytest.mark.parametrize("name", FAST + SLOW)
@@ -37,7 +33,7 @@ def test_folded_model_matches(name):
     # The folded variables fit the fused_bn build by construction: same tree, same shapes.
     want = jax.tree.map(lambda t: (t.shape, t.dtype), abstract_variables(folded))
     assert jax.tree.map(lambda t: (t.shape, t.dtype), fused) == want
-    assert _rel(jax.jit(folded.apply)(fused, x), jax.jit(model.apply)(variables, x)) < 1e-5
+    assert rel_l2(jax.jit(folded.apply)(fused, x), jax.jit(model.apply)(variables, x)) < 1e-5
     # What was folded is gone: no BatchNorm statistics, no norm next to a conv.
     assert "batch_stats" not in fused
     flat = jax.tree_util.tree_flatten_with_path(fused["params"])[0]
@@ -57,7 +53,7 @@ def test_fold_matches_for_every_depthwise_impl(impl, act):
     assert set(fused["params"]["conv"]) == {"kernel", "bias"} and "norm" not in fused["params"]
     with depthwise_impl(impl):
         got = with_folded_bn(layer).apply(fused, x)
-        assert _rel(got, layer.apply(variables, x)) < 1e-5
+        assert rel_l2(got, layer.apply(variables, x)) < 1e-5
 
 
 def test_errors():

@@ -19,8 +19,9 @@ import pytest
 import evit_jax
 from evit_jax.convert import convert_state_dict
 from evit_jax.convert.cli import main as convert_cli
-from tests.helpers import has_fixture, rel_l2, synth_case
+from tests.helpers import has_fixture, needs_shared, rel_l2, synth_case
 
+pytestmark = needs_shared  # every test runs a fixture
 TOL = 1e-5
 NAMES = [n for n in evit_jax.list_models() if has_fixture(n)
          and evit_jax.model_info(n).task in ("cls", "seg")]

@@ -11,7 +11,7 @@ import pytest
 import evit_jax
 from evit_jax.sam import SamAutomaticMaskGenerator
 from evit_jax.sam import amg_utils as U
-from tests.sam_helpers import drawn_scene, sam_case
+from tests.helpers import drawn_scene, needs_shared, synth_case
 
 NAME = "efficientvit-sam-l0"
 REFERENCE = Path(__file__).parent / "data" / "sam_amg_reference.json"
@@ -126,10 +126,11 @@ def test_remove_small_regions():
 # --------------------------------------------------------------------------------- generator
 @pytest.fixture(scope="module")
 def l0():
-    sd, golden = sam_case(NAME)
+    sd, golden = synth_case(NAME)
     return evit_jax.create_model(NAME), evit_jax.convert_state_dict(NAME, sd), golden
 
 
+@needs_shared
 def test_generator_matches_reference(l0):
     """Same records as the authors' generator (segment-anything's), on the parity fixture."""
     ref = json.loads(REFERENCE.read_text())
@@ -148,6 +149,7 @@ def test_generator_matches_reference(l0):
         assert U.area_from_rle(got["segmentation"]) == got["area"]
 
 
+@needs_shared
 def test_generator_outputs_crops_and_cleanup(l0):
     image = drawn_scene(96, 128)
     kw = dict(points_per_side=3, pred_iou_thresh=0.0, stability_score_thresh=0.0,
@@ -167,6 +169,7 @@ def test_generator_outputs_crops_and_cleanup(l0):
         assert isinstance(r["predicted_iou"], float) and isinstance(r["stability_score"], float)
 
 
+@needs_shared
 def test_generator_output_modes(l0):
     image = drawn_scene(48, 64)
     kw = dict(points_per_side=1, pred_iou_thresh=0.0, stability_score_thresh=0.0)
@@ -181,6 +184,7 @@ def test_generator_output_modes(l0):
                                       b["segmentation"])
 
 
+@needs_shared
 def test_generator_rejects_bad_arguments(l0):
     model, variables, _ = l0
     with pytest.raises(ValueError, match="exactly one of points_per_side and point_grids"):

@@ -11,15 +11,16 @@ from PIL import Image
 import evit_jax
 from evit_jax.sam import amg_utils as U
 from evit_jax.sam.cli import main
-from tests.sam_helpers import drawn_scene, sam_case
+from tests.helpers import drawn_scene, needs_shared, synth_case
 
+pytestmark = needs_shared  # every test runs the L0 fixture
 NAME = "efficientvit-sam-l0"
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("segment")
-    sd, _ = sam_case(NAME)
+    sd, _ = synth_case(NAME)
     evit_jax.save_variables(evit_jax.convert_state_dict(NAME, sd), d / "weights", model=NAME)
     Image.fromarray(drawn_scene(96, 128)).save(d / "scene.png")
     return d
@@ -106,7 +107,7 @@ def test_authors_checkpoint_file_via_evit_convert(files, tmp_path, capsys):
     torch = pytest.importorskip("torch")
     from evit_jax.convert.cli import main as convert_main
 
-    sd, _ = sam_case(NAME)
+    sd, _ = synth_case(NAME)
     pt = tmp_path / "efficientvit_sam_l0.pt"
     torch.save({"state_dict": {k: torch.from_numpy(v) for k, v in sd.items()}}, pt)
     assert convert_main(["--model", NAME, "--src", str(pt), "--dst", str(tmp_path / "ckpt")]) == 0

@@ -17,7 +17,7 @@ from evit_jax.models.sam.prompt_encoder import PatchConv, PositionEmbeddingRando
 from evit_jax.models.sam.transformer import Attention
 from evit_jax.sam.transforms import postprocess_matrices, preprocess, preprocess_shape
 from evit_jax.zoo import abstract_variables
-from tests.sam_helpers import rel_l2, sam_case
+from tests.helpers import needs_shared, rel_l2, synth_case
 
 NAMES = evit_jax.list_models("efficientvit-sam-*")
 # Parameter counts of the reference models (spec section 5.1, measured).
@@ -30,7 +30,7 @@ def test_zoo_rows(name):
     model = evit_jax.create_model(name)
     assert isinstance(model, EfficientViTSam) and spec.task == "sam" and spec.norm_eps == 1e-6
     size = 1024 if "xl" in name else 512
-    assert model.head_cfg.encoder_size == size and spec.resolution == (size, size)
+    assert model.encoder_size == size and spec.resolution == (size, size)
     abstract = abstract_variables(model)
     top = set(abstract["params"])
     assert top == {"image_encoder", "prompt_encoder", "mask_decoder"}
@@ -38,8 +38,9 @@ def test_zoo_rows(name):
     assert round(n / 1e6, 2) == PARAMS_M[name.rsplit("-", 1)[1]]
 
 
+@needs_shared
 def test_conversion_is_strict():
-    sd, _ = sam_case("efficientvit-sam-l0")
+    sd, _ = synth_case("efficientvit-sam-l0")
     key = "mask_decoder.output_upscaling.0.weight"
     with pytest.raises(CheckpointMismatchError, match="output_upscaling_0/kernel"):
         evit_jax.convert_state_dict("efficientvit-sam-l0", {k: v for k, v in sd.items()
@@ -142,8 +143,9 @@ def test_encode_image_checks_the_size_and_call_without_prompts():
     assert low.shape == (1, 4, 256, 256) and iou.shape == (1, 4)
 
 
+@needs_shared
 def test_bfloat16_decoder_close_to_float32():
-    sd, g = sam_case("efficientvit-sam-l0")
+    sd, g = synth_case("efficientvit-sam-l0")
     model = evit_jax.create_model("efficientvit-sam-l0")
     dv = model.decoder_variables(evit_jax.convert_state_dict("efficientvit-sam-l0", sd))
     emb = g["image_embeddings"].transpose(0, 2, 3, 1)

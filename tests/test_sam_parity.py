@@ -25,8 +25,9 @@ import evit_jax
 from evit_jax.sam import SamPredictor
 from evit_jax.sam import prompts as P
 from evit_jax.sam.predictor import upscale
-from tests.sam_helpers import assert_masks_match, rel_l2, sam_case
+from tests.helpers import assert_masks_match, needs_shared, rel_l2, synth_case
 
+pytestmark = needs_shared  # every test runs a fixture
 TOL = 1e-5
 NAMES = evit_jax.list_models("efficientvit-sam-*")
 
@@ -64,7 +65,7 @@ def _prompt_batch(p: SamPredictor, g: dict) -> tuple[np.ndarray, ...]:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_sam_parity(name, shared_decode):
-    sd, g = sam_case(name)
+    sd, g = synth_case(name)
     variables = evit_jax.convert_state_dict(name, {"state_dict": sd})  # strict
     p = SamPredictor(evit_jax.create_model(name), variables)
     p.set_image(g["image"])

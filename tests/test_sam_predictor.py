@@ -9,14 +9,15 @@ import pytest
 import evit_jax
 from evit_jax.sam import SamPredictor
 from evit_jax.sam import predictor as predictor_module
-from tests.sam_helpers import assert_masks_match, rel_l2, sam_case
+from tests.helpers import assert_masks_match, needs_shared, rel_l2, synth_case
 
+pytestmark = needs_shared  # every test runs the L0 fixture
 NAME = "efficientvit-sam-l0"
 
 
 @pytest.fixture(scope="module")
 def case():
-    sd, g = sam_case(NAME)
+    sd, g = synth_case(NAME)
     return evit_jax.create_model(NAME), evit_jax.convert_state_dict(NAME, sd), g
 
 

@@ -21,6 +21,8 @@ import time
 import numpy as np
 import pytest
 
+from tests.helpers import rel_l2
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 900
 DEVICES = 4
@@ -61,10 +63,6 @@ def _params(workdir, ema=False):
     from evit_jax.train.checkpoint import load_inference_variables
     v = load_inference_variables(str(workdir), use_ema=ema)
     return np.concatenate([np.ravel(x) for x in jax.tree.leaves(v)])
-
-
-def _rel(a, b):
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +170,7 @@ def test_resume_after_kill_9_equals_uninterrupted(reference_run, env, tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "resumed from" in r.stdout
     for ema in (False, True):
-        assert _rel(_params(tmp_path, ema), _params(ref, ema)) <= 1e-6
+        assert rel_l2(_params(tmp_path, ema), _params(ref, ema)) <= 1e-6
     steps = [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")
              if '"train"' in line]
     assert steps == list(range(1, 21)), "metrics.jsonl tells one story after the resume"
@@ -221,7 +219,7 @@ def test_two_processes_match_one_process(reference_run, env, tmp_path):
             if p.poll() is None:
                 p.kill()
     assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
-    assert _rel(_params(multi), _params(single)) <= 1e-5
+    assert rel_l2(_params(multi), _params(single)) <= 1e-5
     a, b = (json.load(open(d / "eval_results.json")) for d in (single, multi))
     assert a["step"] == b["step"] == 20 and abs(a["top1"] - b["top1"]) < 1e-9
     data = multi / "checkpoints" / "20" / "data"  # every host's iterator state

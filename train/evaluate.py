@@ -126,11 +126,8 @@ def eval_config(name: str, run: dict, args: Any) -> Any:
     if not run.get("config"):
         c.model, c.task = name, spec.task
         c.num_classes = spec.num_classes
-        c.input.eval_size, c.input.eval_crop = spec.resolution[0], spec.crop_pct
-        if spec.task == "seg":
-            cityscapes = "cityscapes" in name
-            c.input.eval_mode = "fixed" if cityscapes else "shorter"
-            c.input.eval_size = 1024 if cityscapes else 512
+        c.input.eval_size, c.input.eval_crop = spec.eval_size, spec.crop_pct
+        c.input.eval_mode = spec.eval_mode
     c.data.name = args.data
     c.data.data_dir = args.data_dir or c.data.get("data_dir", "")
     c.data.eval_split = args.split or c.data.eval_split

@@ -10,7 +10,6 @@ t)) / 2` with `t` the fraction of the post-warmup steps done; AdamW's decoupled 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -57,11 +56,3 @@ def make_optimizer(config: Any) -> tuple[optax.GradientTransformation, Callable]
                              mask=lambda params: decay_mask(params, keys)))
     return optax.chain(*chain), schedule
 
-
-def select(params: Any, include: str = "", exclude: Sequence[str] = ()) -> Any:
-    """Bool tree: paths matching `include` (all if empty) and none of `exclude`."""
-    inc = re.compile(include) if include else None
-    exc = [re.compile(e) for e in exclude]
-    return jax.tree_util.tree_map_with_path(
-        lambda p, _: (inc is None or bool(inc.search(path_str(p))))
-        and not any(e.search(path_str(p)) for e in exc), params)

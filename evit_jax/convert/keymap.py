@@ -23,20 +23,21 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from evit_jax.cli import UserError
-from evit_jax.zoo import abstract_variables, create_model, model_info
+from evit_jax.zoo import MODELS, abstract_variables, create_model, model_info
 
 Path = tuple[str, ...]
 
 
 class CheckpointMismatchError(UserError):
     """A state dict that does not fit the model; lists every missing, unexpected and
-    mis-shaped key."""
+    mis-shaped key (or, with `reason`, says why none fits)."""
 
     def __init__(self, model: str, missing: list[str], unexpected: list[str],
-                 mismatched: list[str]):
+                 mismatched: list[str], reason: str = ""):
         self.model, self.missing, self.unexpected, self.mismatched = (
             model, missing, unexpected, mismatched)
-        parts = [f"the checkpoint does not match model {model!r}:"]
+        parts = [f"the checkpoint does not match model {model!r}:" + (f" {reason}" if reason
+                                                                       else "")]
         for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
                              ("shape mismatches", mismatched)):
             if items:
@@ -95,22 +96,10 @@ def _torch_to_flax_kernel(w: np.ndarray) -> np.ndarray:
     return w
 
 
-# Extra rules for layers whose layout is not covered above (e.g. SAM's ConvTranspose):
-# (regex on the official key, flax leaf name, transform). Registered by the model packages.
-SPECIAL_RULES: list[tuple[re.Pattern, str, Callable[[np.ndarray], np.ndarray]]] = []
-
-
-def register_rule(pattern: str, leaf: str, fn: Callable[[np.ndarray], np.ndarray]) -> None:
-    SPECIAL_RULES.append((re.compile(pattern), leaf, fn))
-
-
 def _target_of(key: str, target: Mapping[tuple[str, ...], Any]
                ) -> tuple[tuple[str, ...], Callable[[np.ndarray], np.ndarray]] | None:
     """The flattened variable path a torch key fills, and the array transform; None if none."""
     mod, leaf = module_path(key)
-    for pat, flax_leaf, fn in SPECIAL_RULES:
-        if pat.search(key):
-            return ("params", *mod, flax_leaf), fn
     if leaf == "running_mean":
         return ("batch_stats", *mod, "mean"), np.asarray
     if leaf == "running_var":
@@ -153,7 +142,29 @@ def unwrap_state_dict(sd: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def is_timm_style(keys) -> bool:
+    """Whether state-dict keys use timm's names (`stem.*`, `stages.*`; the authors' start
+    with `backbone.`)."""
     return any(k.startswith(("stem.", "stages.")) for k in keys)
+
+
+def _check_key_style(name: str, timm_keys: bool) -> None:
+    """Refuse keys in the other naming than the entry's `key_style`: timm's entries differ
+    from the authors' in more than names (LiteMLA eps 1e-5), so a wrong pick would convert
+    cleanly and compute something else."""
+    spec = model_info(name)
+    if timm_keys == (spec.key_style == "timm"):
+        return
+    have, want = ("timm's", "the authors'") if timm_keys else ("the authors'", "timm's")
+    if timm_keys:  # timm has the classifiers only
+        fit = [f"efficientvit_{spec.backbone}"] if spec.task == "cls" else []
+    else:
+        fit = [n for n, s in MODELS.items() if s.key_style == "official" and s.task == spec.task
+               and s.backbone == spec.backbone]
+    fit = [n for n in fit if n in MODELS]
+    fix = f"convert it as {fit[0]!r}" if fit else "no zoo entry takes them"
+    raise CheckpointMismatchError(
+        name, [], [], [], reason=f"it has {have} key names and {name!r} takes {want} "
+        f"(the two differ in more than names: timm's LiteMLA eps is 1e-5); {fix}")
 
 
 def convert_state_dict(name: str, state_dict: Mapping[str, Any]) -> dict[str, Any]:
@@ -171,8 +182,9 @@ def convert_state_dict(name: str, state_dict: Mapping[str, Any]) -> dict[str, An
     """
     spec = model_info(name)
     sd = unwrap_state_dict(state_dict)
-    family = "b" if spec.backbone.startswith("b") else "l"
-    timm = is_timm_style(sd)
+    if sd:  # an empty one is reported as missing every key
+        _check_key_style(spec.name, is_timm_style(sd))
+    family, timm = spec.family, spec.key_style == "timm"
     model = create_model(name)
     abstract = abstract_variables(model)
     target = {k: v for k, v in flatten_dict(abstract).items()}

@@ -1,14 +1,11 @@
-"""What every backbone + head model shares: its fields, the backbone, input checks."""
+"""What every backbone + head model shares: its two parts and the input checks."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
-from evit_jax.models.backbone import BackboneConfig, EfficientViTBackbone
+from evit_jax.models.backbone import EfficientViTBackbone
 
 Array = jax.Array
 
@@ -26,31 +23,21 @@ def check_image_batch(x: Array, multiple: int = 32) -> None:
 
 
 class BackboneHeadModel(nn.Module):
-    """Base of the task models: an EfficientViT backbone (`backbone`) and a head (`head`).
-
-    Subclasses build `self.head` in `setup` after calling `super().setup()`.
+    """Base of the task models: a backbone and a head, built by the zoo and handed over
+    (`create_model` routes the options to the parts that declare them).
 
     Attributes:
-      backbone_cfg, head_cfg: the zoo entry's architecture.
-      norm_eps: eps of every norm; attn_eps: LiteMLA's.
-      drop_path, drop_path_skip: stochastic depth (training).
-      zero_init_last: start each residual branch's last BN at 0 (training from scratch).
-      dtype: compute dtype (params are float32).
+      backbone: an `EfficientViTBackbone` (its submodules are `params/backbone/...`).
+      head: the task head (`params/head/...`), on the backbone's feature dict.
     """
 
-    backbone_cfg: BackboneConfig
-    head_cfg: Any
-    norm_eps: float = 1e-5
-    attn_eps: float = 1e-15
-    drop_path: float = 0.0
-    drop_path_skip: int = 0
-    zero_init_last: bool = False
-    dtype: Any = jnp.float32
+    backbone: EfficientViTBackbone
+    head: nn.Module
 
-    def setup(self):
-        self.backbone = EfficientViTBackbone(self.backbone_cfg, self.norm_eps, self.attn_eps,
-                                             self.drop_path, self.drop_path_skip,
-                                             self.zero_init_last, self.dtype)
+    @property
+    def norm_eps(self) -> float:
+        """The backbone's BatchNorm eps (what `evit_jax.fuse_bn(variables, model)` folds with)."""
+        return self.backbone.norm_eps
 
     def features(self, x: Array, train: bool = False) -> dict[str, Array]:
         """`[N, H, W, 3]` -> the backbone's {"stage0", ..., "stage_final"} features."""

@@ -6,7 +6,6 @@ import jax
 import jax.numpy as jnp
 
 from evit_jax.models.base import BackboneHeadModel
-from evit_jax.models.heads import ClsHead
 
 Array = jax.Array
 
@@ -16,11 +15,8 @@ class EfficientViTCls(BackboneHeadModel):
 
     `method="features"` returns the backbone's stage dict instead. Inference mode unless
     `train=True` (then pass `mutable=["batch_stats"]` and a `dropout` rng if drop_path > 0).
+    `head` is a `ClsHead` on `stage_final`.
     """
-
-    def setup(self):
-        super().setup()
-        self.head = ClsHead(self.head_cfg, self.backbone_cfg.act, self.norm_eps, self.dtype)
 
     def __call__(self, x: Array, train: bool = False) -> Array:
         feats = self.features(x, train)

@@ -1,4 +1,4 @@
-"""EfficientViT semantic segmentation: backbone + SegHead, and the evaluation resize."""
+"""EfficientViT semantic segmentation: backbone + fusion head, and the evaluation resize."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import jax
 import jax.numpy as jnp
 
 from evit_jax.models.base import BackboneHeadModel
-from evit_jax.models.heads import SegHead
 from evit_jax.nn.resize import resize
 
 Array = jax.Array
@@ -16,12 +15,8 @@ class EfficientViTSeg(BackboneHeadModel):
     """`[N, H, W, 3]` normalised images -> logits `[N, H / 8, W / 8, classes]` (float32).
 
     The output is the head's, before any resize; `resize_logits` brings it to label size the
-    way the reference evaluates.
+    way the reference evaluates. `head` is a `FusionBlock` (`heads.seg_head`).
     """
-
-    def setup(self):
-        super().setup()
-        self.head = SegHead(self.head_cfg, self.backbone_cfg.act, self.norm_eps, self.dtype)
 
     def __call__(self, x: Array, train: bool = False) -> Array:
         return self.head(self.features(x, train), train).astype(jnp.float32)

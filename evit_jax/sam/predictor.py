@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from evit_jax.models.sam import EfficientViTSam
 from evit_jax.sam import prompts as P
 from evit_jax.sam.transforms import (
     ResizeLongestSide,
@@ -84,16 +85,15 @@ class SamPredictor:
     """
 
     def __init__(self, model: nn.Module, variables: Any, max_batch: int = 64):
-        if not hasattr(model, "head_cfg") or not hasattr(model, "predict_masks"):
+        if not isinstance(model, EfficientViTSam):
             raise TypeError("SamPredictor needs an EfficientViT-SAM model, e.g. "
                             "evit_jax.create_model('efficientvit-sam-l0')")
         self.model = model
         self.variables = jax.device_put(variables)
         self.decoder = model.prompt_decoder()
         self.decoder_variables = model.decoder_variables(self.variables)
-        self.cfg = model.head_cfg
         self.max_batch = int(max_batch)
-        self.transform = ResizeLongestSide(self.cfg.prompt_size)
+        self.transform = ResizeLongestSide(self.model.prompt_size)
         self.reset_image()
 
     # ------------------------------------------------------------------------------- image
@@ -120,10 +120,10 @@ class SamPredictor:
         self.reset_image()
         h, w = image.shape[:2]
         self.original_size = (h, w)
-        self.input_size = preprocess_shape(h, w, self.cfg.prompt_size)
-        x = preprocess(np.ascontiguousarray(image), self.cfg.encoder_size)
+        self.input_size = preprocess_shape(h, w, self.model.prompt_size)
+        x = preprocess(np.ascontiguousarray(image), self.model.encoder_size)
         self.features = encode(self.model, self.variables, x)
-        mh, mw = postprocess_matrices(self.cfg.low_res_size, self.cfg.prompt_size,
+        mh, mw = postprocess_matrices(self.model.low_res_size, self.model.prompt_size,
                                       self.input_size, self.original_size)
         self._maps = (jnp.asarray(mh), jnp.asarray(mw))
         self.is_image_set = True
@@ -166,7 +166,7 @@ class SamPredictor:
         if box is not None:
             box = P.check_boxes(box, self.original_size)[None]
         if mask_input is not None:
-            mask_input = P.check_masks(mask_input, 1, self.cfg.low_res_size)
+            mask_input = P.check_masks(mask_input, 1, self.model.low_res_size)
         masks, iou, low = self._run(1, point_coords, point_labels, box, mask_input,
                                     multimask_output, return_logits)
         return masks[0], iou[0], low[0]
@@ -197,7 +197,7 @@ class SamPredictor:
         n = sizes.pop()
         if n == 0:  # no prompts (e.g. a detector found no boxes): empty results, no decode
             c, (h, w), low = (3 if multimask_output else 1), self.original_size, \
-                self.cfg.low_res_size
+                self.model.low_res_size
             return (np.zeros((0, c, h, w), np.float32 if return_logits else bool),
                     np.zeros((0, c), np.float32), np.zeros((0, c, low, low), np.float32))
         if points is None and point_labels is not None:
@@ -210,7 +210,7 @@ class SamPredictor:
         if boxes is not None:
             boxes = P.check_boxes(boxes, self.original_size, batched=True)
         if mask_input is not None:
-            mask_input = P.check_masks(mask_input, n, self.cfg.low_res_size, batched=True)
+            mask_input = P.check_masks(mask_input, n, self.model.low_res_size, batched=True)
         return self._run(n, points, point_labels, boxes, mask_input, multimask_output,
                          return_logits)
 

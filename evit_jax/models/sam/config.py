@@ -40,7 +40,7 @@ class SamDecoderConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SamConfig:
-    """The SAM part of one zoo entry (the zoo's `head_cfg`).
+    """The SAM part of one zoo entry (`ModelSpec.head`).
 
     Attributes:
       encoder_size: side of the encoder input (512 for L, 1024 for XL).

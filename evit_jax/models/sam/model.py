@@ -17,20 +17,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from evit_jax.models.backbone import BackboneConfig
 from evit_jax.models.base import check_image_batch
-from evit_jax.models.sam.config import SamConfig, SamDecoderConfig
 from evit_jax.models.sam.mask_decoder import MaskDecoder
 from evit_jax.models.sam.neck import SamImageEncoder
 from evit_jax.models.sam.prompt_encoder import PAD, PromptEncoder
 
 Array = jax.Array
-
-
-def _prompt_modules(cfg: SamDecoderConfig, norm_eps: float, dtype: Any
-                    ) -> tuple[PromptEncoder, MaskDecoder]:
-    return (PromptEncoder(cfg.embed_dim, cfg.grid, cfg.prompt_size, cfg.mask_in_chans),
-            MaskDecoder(cfg, norm_eps, dtype))
 
 
 def _predict_masks(prompt_encoder: PromptEncoder, mask_decoder: MaskDecoder,
@@ -47,13 +39,8 @@ class SamPromptDecoder(nn.Module):
     for all models; its variables are the `prompt_encoder` and `mask_decoder` subtrees
     (`EfficientViTSam.decoder_variables`)."""
 
-    cfg: SamDecoderConfig
-    norm_eps: float = 1e-6
-    dtype: Any = jnp.float32
-
-    def setup(self):
-        self.prompt_encoder, self.mask_decoder = _prompt_modules(self.cfg, self.norm_eps,
-                                                                 self.dtype)
+    prompt_encoder: PromptEncoder
+    mask_decoder: MaskDecoder
 
     def __call__(self, image_embeddings: Array, point_coords: Array, point_labels: Array,
                  mask_input: Array | None = None, has_mask: Array | None = None
@@ -64,35 +51,40 @@ class SamPromptDecoder(nn.Module):
 
 
 class EfficientViTSam(nn.Module):
-    """EfficientViT-SAM (`image_encoder`, `prompt_encoder`, `mask_decoder`).
+    """EfficientViT-SAM from its parts, as segment-anything's `Sam(image_encoder,
+    prompt_encoder, mask_decoder)`; the zoo builds them (`create_model`).
 
     Attributes:
-      backbone_cfg: the EfficientViT L / XL backbone.
-      head_cfg: the SAM config.
-      norm_eps: eps of every BatchNorm, the encoder's LayerNorm and the decoder
-        transformer's LayerNorms (1e-6 for every zoo entry).
-      attn_eps: LiteMLA eps.
-      dtype: compute dtype of the encoder and decoder; outputs are float32.
+      image_encoder: backbone + neck + LayerNorm (`SamImageEncoder`).
+      prompt_encoder: clicks, boxes and mask prompts -> tokens (`PromptEncoder`).
+      mask_decoder: tokens against the embedding -> masks and IoUs (`MaskDecoder`).
+      encoder_size: side S of the images `encode_image` takes (512 for L, 1024 for XL).
     """
 
-    backbone_cfg: BackboneConfig
-    head_cfg: SamConfig
-    norm_eps: float = 1e-6
-    attn_eps: float = 1e-15
-    dtype: Any = jnp.float32
+    image_encoder: SamImageEncoder
+    prompt_encoder: PromptEncoder
+    mask_decoder: MaskDecoder
+    encoder_size: int
 
-    def setup(self):
-        cfg = self.head_cfg
-        self.image_encoder = SamImageEncoder(
-            self.backbone_cfg, cfg.fid_list, cfg.neck_width, cfg.neck_depth, cfg.neck_expand,
-            cfg.decoder.embed_dim, cfg.decoder.grid, self.norm_eps, self.attn_eps, self.dtype)
-        self.prompt_encoder, self.mask_decoder = _prompt_modules(cfg.decoder, self.norm_eps,
-                                                                 self.dtype)
+    @property
+    def prompt_size(self) -> int:
+        """Side of the frame prompts are given in (1024, whatever the encoder size)."""
+        return self.prompt_encoder.frame
+
+    @property
+    def low_res_size(self) -> int:
+        """Side of the low-res mask logits and mask prompts (4x the embedding grid: 256)."""
+        return 4 * self.prompt_encoder.grid
+
+    @property
+    def norm_eps(self) -> float:
+        """The encoder's BatchNorm eps (what `evit_jax.fuse_bn(variables, model)` folds with)."""
+        return self.image_encoder.backbone.norm_eps
 
     def encode_image(self, images: Array, train: bool = False) -> Array:
-        """Preprocessed images `[N, S, S, 3]` (S = `head_cfg.encoder_size`; see
+        """Preprocessed images `[N, S, S, 3]` (S = `encoder_size`; see
         `evit_jax.sam.transforms.preprocess`) -> embeddings `[N, 64, 64, 256]`, float32."""
-        s = self.head_cfg.encoder_size
+        s = self.encoder_size
         check_image_batch(images)
         if images.shape[1:3] != (s, s):
             raise ValueError(
@@ -128,7 +120,7 @@ class EfficientViTSam(nn.Module):
         image) -> `predict_masks`'s output. Unlike `encode_image`, any size that is a
         multiple of 32 (64 for XL) is taken (the neck resizes to the 64 x 64 grid), so
         `init` is cheap; only the encoder size matches pretrained weights."""
-        check_image_batch(images, 64 if self.backbone_cfg.num_stages > 5 else 32)
+        check_image_batch(images, 64 if self.image_encoder.backbone.cfg.num_stages > 5 else 32)
         emb = self.image_encoder(images, train)
         if point_coords is None:
             return emb
@@ -138,7 +130,8 @@ class EfficientViTSam(nn.Module):
 
     def prompt_decoder(self) -> SamPromptDecoder:
         """The prompt encoder + mask decoder as a module of its own (unbound)."""
-        return SamPromptDecoder(self.head_cfg.decoder, self.norm_eps, self.dtype, parent=None)
+        return SamPromptDecoder(self.prompt_encoder.clone(parent=None),
+                                self.mask_decoder.clone(parent=None), parent=None)
 
     @staticmethod
     def decoder_variables(variables: dict[str, Any]) -> dict[str, Any]:
@@ -150,6 +143,6 @@ class EfficientViTSam(nn.Module):
     def example_inputs(self) -> tuple[Array, ...]:
         """Inputs that reach every parameter (`init_variables`): a 64 x 64 image, one click
         plus segment-anything's padding point, and a mask prompt."""
-        n = self.head_cfg.low_res_size
+        n = self.low_res_size
         return (jnp.zeros((1, 64, 64, 3), jnp.float32), jnp.zeros((1, 2, 2), jnp.float32),
                 jnp.array([[1, -1]], jnp.int32), jnp.zeros((1, n, n), jnp.float32))
