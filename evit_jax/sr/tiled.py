@@ -64,6 +64,13 @@ def _grid(hf: int, wf: int, tile: int, halo: int) -> tuple[tuple[int, int], Iter
     return (lh, lw), ((r, c) for r in rows for c in cols)
 
 
+def _held_bytes(compiled: Any) -> int:
+    """Arguments + outputs + temporaries of a compiled program (XLA's memory analysis)."""
+    m = compiled.memory_analysis()
+    return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+               - m.alias_size_in_bytes)
+
+
 class TiledSR:
     """`model.apply(variables, lr)` of an `EfficientViTSR`, stage by stage in tiles.
 
@@ -187,6 +194,30 @@ class TiledSR:
             kv = kv + np.asarray(a, np.float64)
             ksum = ksum + np.asarray(b, np.float64)
         return jnp.asarray(kv, jnp.float32), jnp.asarray(ksum, jnp.float32)
+
+    def memory_bytes(self, lr_shape: tuple[int, int, int, int]) -> dict[str, int]:
+        """What a call on `[N, h, w, 3]` holds at once, from XLA's compiled memory analysis
+        (no image is processed): `host` (the two body arrays, the padded input and the
+        output) and `device` (the largest stage program's arguments, outputs and
+        temporaries, for one window)."""
+        n, h, w, _ = lr_shape
+        cfg, s = self.model.backbone_cfg, self.model.head_cfg.scale
+        shape = ((h + h % 2) // 2, (w + w % 2) // 2)
+        f32 = lambda *d: jax.ShapeDtypeStruct(d, jnp.float32)  # noqa: E731
+        win = {k: _grid(*shape, self.tile_f, v)[0] for k, v in self.halo.items()}
+        p, blk = self.params, self.params["blocks_0"]
+        heads = (cfg.width // cfg.dim) * (1 + len(cfg.scales))
+        (a, b), (ka, kb), (ba, bb), (ta, tb) = (win[k] for k in ("stem", "kv", "block", "tail"))
+        lowered = [
+            self._stem.lower(p, f32(n, 2 * a, 2 * b, 3)),
+            self._kv.lower(blk, f32(n, ka, kb, cfg.width), f32(ka), f32(kb)),
+            self._block.lower(blk, f32(n, ba, bb, cfg.width), f32(n, heads, cfg.dim, cfg.dim),
+                              f32(n, heads, cfg.dim)),
+            self._tail.lower(p, f32(n, ta, tb, cfg.width), f32(n, 2 * ta, 2 * tb, 3))]
+        device = max(_held_bytes(x.compile()) for x in lowered)
+        host = 4 * n * (2 * shape[0] * shape[1] * cfg.width + 4 * shape[0] * shape[1] * 3
+                        * (1 + s * s))
+        return {"host": host, "device": device}
 
     def __call__(self, lr: np.ndarray) -> np.ndarray:
         lr = np.asarray(lr, np.float32)
