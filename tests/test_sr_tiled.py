@@ -31,8 +31,8 @@ def realistic_variables(apply, model, lr: np.ndarray, bic: np.ndarray, seed: int
 
     Kernels ~ N(0, 1/fan_in) (`random_variables`; the zoo's N(0, 0.02) init leaves the
     output within 0.01 of bicubic) drive large activations through the 16 blocks; the last
-    conv is scaled so that the network adds a correction of mean size 0.1 to bicubic, about
-    a trained model's on detailed images. Errors are then in the units of [0, 1] images.
+    conv is scaled so that the network adds a correction of mean size 0.1 to bicubic (more
+    than a trained model adds). Errors are then in the units of [0, 1] images.
     """
     variables = random_variables(model, seed)
     corr = np.abs(np.asarray(apply(variables, lr)) - bic).mean()
