@@ -141,7 +141,7 @@ class TiledSR:
         k = jax.nn.relu(t[:, :, :, 1]) * mask
         return jnp.einsum("bnhd,bnhe->bhde", k, t[:, :, :, 2], precision=_HI), k.sum(1)
 
-    def _attend_mlp(self, p: Any, x: Array, kv: Array, ksum: Array) -> Array:
+    def _attend_mlp(self, p: Any, kv: Array, ksum: Array, x: Array) -> Array:
         """One EfficientViT block on a window given the global sums: `[N, a, b, C]` ->
         `[N, a, b, C]` float32 (`relu_linear_attention` with the sums passed in)."""
         cfg = self.model.backbone_cfg
@@ -173,8 +173,8 @@ class TiledSR:
     # ------------------------------------------------------------------------ the driver
     def _map(self, fn, halo: int, shape: tuple[int, int], out: np.ndarray, scale: int,
              feats: list[np.ndarray], args: tuple = ()) -> None:
-        """`out[tile] = fn(params-ish args..., windows of feats)` over all tiles; `feats` at
-        feature resolution times their factor (1: body, 2: LR image); `out` at `scale`."""
+        """`out[tile] = fn(*args, *windows of feats)` cropped, over all tiles. `feats` are at
+        feature resolution times a factor (1: body, 2: LR image), `out` times `scale`."""
         (lh, lw), tiles = _grid(*shape, self.tile_f, halo)
         for (r0, r1, rs), (c0, c1, cs) in tiles:
             wins = [f[:, rs * k:(rs + lh) * k, cs * k:(cs + lw) * k]
@@ -211,8 +211,8 @@ class TiledSR:
         lowered = [
             self._stem.lower(p, f32(n, 2 * a, 2 * b, 3)),
             self._kv.lower(blk, f32(n, ka, kb, cfg.width), f32(ka), f32(kb)),
-            self._block.lower(blk, f32(n, ba, bb, cfg.width), f32(n, heads, cfg.dim, cfg.dim),
-                              f32(n, heads, cfg.dim)),
+            self._block.lower(blk, f32(n, heads, cfg.dim, cfg.dim), f32(n, heads, cfg.dim),
+                              f32(n, ba, bb, cfg.width)),
             self._tail.lower(p, f32(n, ta, tb, cfg.width), f32(n, 2 * ta, 2 * tb, 3))]
         device = max(_held_bytes(x.compile()) for x in lowered)
         host = 4 * n * (2 * shape[0] * shape[1] * cfg.width + 4 * shape[0] * shape[1] * 3
@@ -235,8 +235,7 @@ class TiledSR:
         for i in range(cfg.depth):
             p = self.params[f"blocks_{i}"]
             kv, ksum = self._sums(p, body, shape)
-            self._map(lambda *a: self._block(p, *a, kv, ksum), self.halo["block"], shape,
-                      spare, 1, [body])
+            self._map(self._block, self.halo["block"], shape, spare, 1, [body], (p, kv, ksum))
             body, spare = spare, body
         del spare
         out = np.empty((n, x.shape[1] * s, x.shape[2] * s, 3), np.float32)
