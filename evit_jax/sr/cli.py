@@ -37,9 +37,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="SR zoo name, e.g. efficientvit-sr-x2")
     p.add_argument("--weights", required=True, type=Path,
                    help="variables dir (save_variables) or training workdir")
-    p.add_argument("--tile", type=int, default=256,
+    p.add_argument("--tile", type=int, default=512,
                    help="tile side in LR pixels for images larger than it, even (exact: "
-                        "same output as untiled; 0 = never tile; default 256)")
+                        "same output as untiled; 0 = never tile; default 512)")
 
 
 def upscaler_from_args(args: argparse.Namespace):

@@ -33,7 +33,7 @@ def make_upscaler(model: Any, variables: Any) -> Fn:
     return lambda x: np.asarray(apply(variables, jnp.asarray(x, jnp.float32)))
 
 
-def make_sr(model: Any, variables: Any, tile: int | None = 256) -> Fn:
+def make_sr(model: Any, variables: Any, tile: int | None = 512) -> Fn:
     """`[h, w, 3]` float in [0, 1] -> `[s*h, s*w, 3]` float32.
 
     Images with both sides <= `tile` LR pixels run in one call; larger ones in tiles of
