@@ -116,7 +116,8 @@ class TiledSR:
 
     def _qkv(self, p: Any, x: Array) -> Array:
         """LiteMLA's q/k/v with the multi-scale branches, as `LiteMLA.__call__` builds them:
-        `[N, a, b, C]` -> `[N, a, b, heads' * 3 * dim]` (heads' = heads * (1 + scales))."""
+        `[N, a, b, C]` -> float32 `[N, a * b, heads', 3, dim]` (tokens, heads' = heads *
+        (1 + len(scales)), q|k|v, d)."""
         cfg, dt = self.model.backbone_cfg, self.model.dtype
         heads = x.shape[-1] // cfg.dim
         total = heads * cfg.dim
