@@ -80,3 +80,20 @@ def test_make_sr_tiles_only_large_images():
     np.testing.assert_allclose(make_sr(model, variables, tile=6)(lr), whole, atol=1e-5)
     with pytest.raises(ValueError, match="even"):
         TiledSR(model, variables, tile=7)
+
+
+def test_memory_bytes_is_bounded_by_the_tile():
+    """XLA's memory analysis of the stage programs: the device part depends on the tile, not
+    the image; host = two body maps + padded input + output, float32."""
+    from evit_jax.models.sr import EfficientViTSR, SRBodyConfig, SRHeadConfig
+    from evit_jax.sr.tiled import _held_bytes
+    model = EfficientViTSR(SRBodyConfig(width=32, depth=2, stem_width=8, dim=16),
+                           SRHeadConfig(2))
+    variables = evit_jax.init_variables(model, 0)
+    tiled = TiledSR(model, variables, tile=16)
+    small, big = tiled.memory_bytes((1, 64, 64, 3)), tiled.memory_bytes((1, 256, 256, 3))
+    assert small["device"] == big["device"] > 0
+    assert big["host"] == 4 * (2 * 128 * 128 * 32 + 256 * 256 * 3 * (1 + 4))
+    x = jax.ShapeDtypeStruct((1, 256, 256, 3), np.float32)
+    whole = _held_bytes(jax.jit(model.apply).lower(variables, x).compile())
+    assert big["host"] + big["device"] < whole / 2
