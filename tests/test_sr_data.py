@@ -69,3 +69,13 @@ def test_pipeline_is_deterministic_checkpointable_and_paired():
     h0, h1 = make_sr_data(c, 2, 0, 2), make_sr_data(c, 2, 1, 2)
     both = np.concatenate([next(h0.train)["hr"], next(h1.train)["hr"]])
     np.testing.assert_array_equal(both, first["hr"])
+
+
+def test_tfds_div2k_by_name_has_the_features_we_read(tmp_path):
+    """`data.name = "div2k/bicubic_x2"` is tfds's catalogue entry (its metadata is in the
+    package, no download): the reader takes its `hr` and `lr` image features."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    for scale in (2, 3, 4):
+        features = tfds.builder(f"div2k/bicubic_x{scale}", data_dir=tmp_path).info.features
+        assert {"hr", "lr"} <= set(features.keys())
+        assert features["hr"].shape == (None, None, 3) == features["lr"].shape

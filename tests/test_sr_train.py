@@ -52,3 +52,19 @@ def test_sr_recipe_runs_a_smoke_step(name, arg):
     state, _ = init_state(c, model, tx, make_mesh())
     new, out = jax.jit(make_train_step(c, model, tx, schedule, 0))(state, next(data.train))
     assert np.isfinite(float(out["loss"])) and int(new.step) == 1
+
+
+def test_charbonnier_loss_option():
+    """`config.loss = "charbonnier"`: mean sqrt(d^2 + eps^2), eps = 1e-3 (BasicSR's), by hand."""
+    import jax.numpy as jnp
+    import numpy as np
+    from evit_jax.train import sr_task
+    from ml_collections import ConfigDict
+    pred = jnp.asarray([0.0, 0.3, 1.0, 0.5]).reshape(1, 2, 2, 1)
+    target = jnp.asarray([0.0, 0.0, 0.0, 0.9]).reshape(1, 2, 2, 1)
+    np.testing.assert_allclose(sr_task.sr_loss(pred, target, "l1"), (0.3 + 1.0 + 0.4) / 4,
+                               rtol=1e-6)
+    want = (1e-3 + np.sqrt(0.09 + 1e-6) + np.sqrt(1 + 1e-6) + np.sqrt(0.16 + 1e-6)) / 4
+    np.testing.assert_allclose(sr_task.sr_loss(pred, target, "charbonnier"), want, rtol=1e-6)
+    with pytest.raises(ValueError, match="charbonnier"):
+        sr_task.make_train_step(ConfigDict({"loss": "huber"}), None, None, None)

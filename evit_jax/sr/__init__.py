@@ -1,7 +1,8 @@
 """Super-resolution with EfficientViT: MATLAB-exact degradation, tiled inference, CLIs.
 
 `imresize` is the bicubic of the benchmarks; `upscale` runs a zoo SR model on an image of any
-size (in overlapping tiles when it is large). Metrics: `evit_jax.metrics.psnr` / `ssim`.
+size (stage by stage in exact tiles when it is large: `evit_jax.sr.tiled`). Metrics:
+`evit_jax.metrics.psnr` / `ssim`.
 """
 
 from evit_jax.sr.imresize import cubic, imresize, output_size, resize_matrix

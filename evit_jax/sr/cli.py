@@ -2,7 +2,8 @@
 
   evit-sr --model efficientvit-sr-x2 --weights runs/sr_x2 --image in.png --out out.png
 
-Large images are processed in overlapping tiles (`--tile`, `--overlap`, in LR pixels).
+Images larger than `--tile` LR pixels run stage by stage in tiles (`evit_jax.sr.tiled`):
+the same output as one whole-image call, in a fraction of its memory.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from PIL import Image
 
 from evit_jax.cli import UserError, run, write_atomic
 from evit_jax.sr.pairs import bicubic_upscale, to_uint8
-from evit_jax.sr.upscale import load_sr, make_upscaler, tiled_upscale
+from evit_jax.sr.upscale import load_sr, make_sr
 
 PROG = "evit-sr"
 
@@ -36,25 +37,25 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="SR zoo name, e.g. efficientvit-sr-x2")
     p.add_argument("--weights", required=True, type=Path,
                    help="variables dir (save_variables) or training workdir")
-    p.add_argument("--tile", type=int, default=256,
-                   help="LR tile side for large images (0 = never tile; default 256)")
-    p.add_argument("--overlap", type=int, default=32, help="tile overlap in LR pixels")
+    p.add_argument("--tile", type=int, default=512,
+                   help="tile side in LR pixels for images larger than it, even (exact: "
+                        "same output as untiled; 0 = never tile; default 512)")
 
 
 def upscaler_from_args(args: argparse.Namespace):
     """(scale, uint8 LR `[h, w, 3]` -> uint8 SR) from --model / --weights / --tile."""
+    if args.tile < 0 or args.tile % 2:
+        raise UserError(f"--tile must be 0 (never tile) or an even number of LR pixels, "
+                        f"got {args.tile}")
     model, variables = load_sr(args.model, args.weights)
-    fn = make_upscaler(model, variables)
-    s = model.head_cfg.scale
-    tile = args.tile or None
-    return s, lambda lr: to_uint8(tiled_upscale(fn, lr.astype(np.float32) / 255.0, s, tile,
-                                                args.overlap) * 255.0)
+    sr = make_sr(model, variables, args.tile or None)
+    return model.head_cfg.scale, lambda lr: to_uint8(sr(lr.astype(np.float32) / 255.0) * 255.0)
 
 
 # ------------------------------------------------------------------------------------ evit-sr
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="Upscale one image with an "
-                                "EfficientViT SR model (tiled with overlap when large).")
+                                "EfficientViT SR model (in exact tiles when large).")
     add_model_args(p)
     p.add_argument("--image", required=True, type=Path, help="input (LR) image")
     p.add_argument("--out", required=True, type=Path, help="output PNG")
