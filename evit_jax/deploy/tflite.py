@@ -17,7 +17,14 @@ plain LiteRT runtime on Android, iOS and desktop. BatchNorm is folded first, and
 depthwise convolution is traced as XLA's grouped convolution (`lax`), which the converter
 maps to `DEPTHWISE_CONV_2D`; the native kernels (process-local custom calls) never are.
 `float16=True` stores the weights as float16 (inputs, outputs and CPU math stay float32;
-GPU delegates compute in float16 from them).
+GPU delegates compute in float16 from them). The converter stores *every* float constant
+in float16, scalars included, so the linear attention's eps (1e-15 in the official models)
+would become 0 and a token whose ReLU'd query is all zero would give 0 / 0 = NaN; the
+float16 file is traced with eps raised to 2**-24, float16's smallest (subnormal) number
+(`FLOAT16_EPS`), which moves outputs by about eps / normaliser (1e-5 relative for b0 at 64
+px with random weights, where the normaliser is smallest), far below the float16 weight
+rounding. (2**-14, the smallest normal number, moved that case by 9e-3.) Validation always
+compares with the unmodified model (`reference`).
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ from evit_jax.zoo import create_model, model_info
 TASKS = ("cls", "seg", "sr")
 OUTPUT_NAMES = {"cls": "logits", "seg": "logits", "sr": "output"}
 INSTALL = "pip install -e '.[tflite]'"
+FLOAT16_EPS = 2.0**-24  # float16's smallest (subnormal) number, exact once dequantised
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,15 +56,19 @@ class TfliteProgram:
     """A JAX function with the TFLite boundary's layout, and its static input shape.
 
     Attributes:
-      fn: images `[N, H, W, 3]` float32 -> the output (float32); what is converted and the
-        reference LiteRT is validated against.
+      fn: images `[N, H, W, 3]` float32 -> the output (float32): what is converted.
+      reference: the zoo model itself on the same input, which LiteRT is validated against
+        (`fn` but for the float16 file's attention eps, module docstring).
       input_shape: (N, H, W, 3), all static.
       output_name: the signature's output name (`logits` or `output`).
+      float16: store the weights as float16.
     """
 
     fn: Callable[[jax.Array], jax.Array]
+    reference: Callable[[jax.Array], jax.Array]
     input_shape: tuple[int, int, int, int]
     output_name: str
+    float16: bool = False
 
     def example_input(self, seed: int = 0) -> np.ndarray:
         """Random float32 images of `input_shape` (uniform [0, 1), valid for every task)."""
@@ -74,7 +86,8 @@ def check_model(name: str) -> Any:
 
 
 def tflite_program(name: str, variables: Any, resolution: tuple[int, int] | None = None,
-                   batch: int | None = None, fuse: bool = True) -> TfliteProgram:
+                   batch: int | None = None, float16: bool = False, fuse: bool = True
+                   ) -> TfliteProgram:
     """The function `to_tflite` converts, with its contract (module docstring).
 
     Args:
@@ -82,14 +95,17 @@ def tflite_program(name: str, variables: Any, resolution: tuple[int, int] | None
       variables: its variables (`evit_jax.load_variables`).
       resolution: input (H, W); default the zoo entry's.
       batch: the fixed N (default 1).
+      float16: float16 weights (and the attention eps at least `FLOAT16_EPS`).
       fuse: fold BatchNorm into the convolutions first.
     """
     spec = check_model(name)
     n = 1 if batch is None else int(batch)
     if n < 1:
         raise UserError(f"--batch must be at least 1, got {n}")
+    zoo_model, zoo_vars = create_model(name), jax.tree.map(jnp.asarray, variables)
     fuse = fuse and bool(variables.get("batch_stats"))  # models without BatchNorm (SR)
-    model = create_model(name, fused_bn=fuse)  # fits fuse_bn's output
+    eps = max(spec.attn_eps, FLOAT16_EPS) if float16 else spec.attn_eps
+    model = create_model(name, fused_bn=fuse, attn_eps=eps)  # fits fuse_bn's output
     if fuse:
         variables = fuse_bn(variables, name)
     variables = jax.tree.map(jnp.asarray, variables)
@@ -98,7 +114,11 @@ def tflite_program(name: str, variables: Any, resolution: tuple[int, int] | None
     def fn(x: jax.Array) -> jax.Array:
         return model.apply(variables, x).astype(jnp.float32)
 
-    return TfliteProgram(fn, (n, int(h), int(w), 3), OUTPUT_NAMES[spec.task])
+    def reference(x: jax.Array) -> jax.Array:
+        return zoo_model.apply(zoo_vars, x).astype(jnp.float32)
+
+    return TfliteProgram(fn, reference, (n, int(h), int(w), 3), OUTPUT_NAMES[spec.task],
+                         float16)
 
 
 def _tensorflow() -> Any:
@@ -112,7 +132,7 @@ def _tensorflow() -> Any:
     return tf
 
 
-def to_tflite(program: TfliteProgram, float16: bool = False) -> bytes:
+def to_tflite(program: TfliteProgram) -> bytes:
     """Convert a `TfliteProgram` -> the .tflite flatbuffer (builtin ops only).
 
     The converter fails (`ConverterError`) rather than emit an op outside TFLITE_BUILTINS.
@@ -129,16 +149,17 @@ def to_tflite(program: TfliteProgram, float16: bool = False) -> bytes:
         concrete = module.f.get_concrete_function()
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], module)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    if float16:  # float16 weights, dequantised at load on CPU (float32 math)
+    if program.float16:  # float16 weights, dequantised at load on CPU (float32 math)
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
     return converter.convert()
 
 
 def export_tflite(name: str, variables: Any, path: str | os.PathLike | None = None,
-                  float16: bool = False, **kwargs: Any) -> bytes:
-    """`tflite_program` + `to_tflite` (+ an atomic write to `path`): returns the bytes."""
-    data = to_tflite(tflite_program(name, variables, **kwargs), float16=float16)
+                  **kwargs: Any) -> bytes:
+    """`tflite_program(name, variables, **kwargs)` + `to_tflite` (+ an atomic write to
+    `path`): returns the bytes."""
+    data = to_tflite(tflite_program(name, variables, **kwargs))
     if path is not None:
         write_atomic(path, data)
     return data
@@ -178,7 +199,7 @@ def rel_l2(a: np.ndarray, b: np.ndarray) -> float:
 
 def validate(program: TfliteProgram, model: bytes | str | os.PathLike,
              x: np.ndarray | None = None) -> float:
-    """Relative L2 of LiteRT's output against the JAX function on `x` (default random)."""
+    """Relative L2 of LiteRT's output against the zoo model on `x` (default random)."""
     x = program.example_input() if x is None else x
-    ref = np.asarray(jax.jit(program.fn)(x))
+    ref = np.asarray(jax.jit(program.reference)(x))
     return rel_l2(run_tflite(interpreter(model), x), ref)
