@@ -203,3 +203,56 @@ def validate(program: TfliteProgram, model: bytes | str | os.PathLike,
     x = program.example_input() if x is None else x
     ref = np.asarray(jax.jit(program.reference)(x))
     return rel_l2(run_tflite(interpreter(model), x), ref)
+
+
+def compare_latency(name: str, variables: Any, resolution: tuple[int, int] | None = None,
+                    threads: int = 2, rounds: int = 15) -> dict[str, float]:
+    """Median latency (ms, batch 1) of our TFLite file (float32 and float16 weights) in
+    LiteRT and of our ONNX graph (`evit_jax.deploy.onnx`) in ONNX Runtime, `threads`
+    threads each, on the same input. The runtimes alternate within each round so a change
+    in the machine's load hits all of them; the first two rounds are warm-up.
+
+      python -m evit_jax.deploy.tflite efficientvit-b1-r224 [HxW]
+    """
+    import time
+
+    from evit_jax.deploy import onnx
+
+    runners: dict[str, Callable[[], Any]] = {}
+    x = tflite_program(name, variables, resolution).example_input()
+    for f16 in (False, True):
+        program = tflite_program(name, variables, resolution, float16=f16)
+        runner = interpreter(to_tflite(program), threads=threads).get_signature_runner()
+        runners["litert float16 weights" if f16 else "litert float32"] = (
+            lambda r=runner: r(input=x))
+    session = onnx.ort_session(onnx.export_onnx(name, variables, resolution=resolution,
+                                                batch=1), threads=threads)
+    x_nchw = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    runners["onnxruntime float32"] = lambda: onnx.run_onnx(session, [x_nchw])
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    for _ in range(rounds):
+        for key, run in runners.items():
+            t0 = time.perf_counter()
+            run()
+            times[key].append(time.perf_counter() - t0)
+    return {k: 1e3 * float(np.median(v[2:])) for k, v in times.items()}
+
+
+def _bench_main(argv: list[str]) -> None:
+    """`python -m evit_jax.deploy.tflite NAME [HxW]`: `compare_latency` with random
+    weights (speed does not depend on their values), printed with the load average."""
+    from evit_jax.bench.programs import random_variables
+    from evit_jax.cli import parse_resolution
+    name = argv[0]
+    res = parse_resolution(argv[1]) if len(argv) > 1 else None
+    variables = random_variables(create_model(name), seed=0)
+    before = os.getloadavg()[0]
+    result = compare_latency(name, variables, res)
+    print(f"{name} {res or model_info(name).resolution} batch 1, 2 threads, load average "
+          f"{before:.1f} -> {os.getloadavg()[0]:.1f}: "
+          + ", ".join(f"{k} {v:.1f} ms" for k, v in result.items()))
+
+
+if __name__ == "__main__":
+    import sys
+    _bench_main(sys.argv[1:])
