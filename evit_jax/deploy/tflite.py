@@ -56,19 +56,28 @@ class TfliteProgram:
     """A JAX function with the TFLite boundary's layout, and its static input shape.
 
     Attributes:
-      fn: images `[N, H, W, 3]` float32 -> the output (float32): what is converted.
-      reference: the zoo model itself on the same input, which LiteRT is validated against
+      apply: (params, images `[N, H, W, 3]` float32) -> the output (float32): what is
+        converted, the params passed as TF variables (frozen into the file by the
+        converter; closed-over weights would be copied several times as constants of the
+        serialized module: 4.7 GB peak for b2's 97 MB).
+      params: the variables `apply` takes (BatchNorm folded).
+      reference: the zoo model itself, images -> output, which LiteRT is validated against
         (`fn` but for the float16 file's attention eps, module docstring).
       input_shape: (N, H, W, 3), all static.
       output_name: the signature's output name (`logits` or `output`).
       float16: store the weights as float16.
     """
 
-    fn: Callable[[jax.Array], jax.Array]
+    apply: Callable[[Any, jax.Array], jax.Array]
+    params: Any
     reference: Callable[[jax.Array], jax.Array]
     input_shape: tuple[int, int, int, int]
     output_name: str
     float16: bool = False
+
+    def fn(self, x: jax.Array) -> jax.Array:
+        """images -> output with `params`: the converted computation, in JAX."""
+        return self.apply(self.params, x)
 
     def example_input(self, seed: int = 0) -> np.ndarray:
         """Random float32 images of `input_shape` (uniform [0, 1), valid for every task)."""
@@ -108,17 +117,17 @@ def tflite_program(name: str, variables: Any, resolution: tuple[int, int] | None
     model = create_model(name, fused_bn=fuse, attn_eps=eps)  # fits fuse_bn's output
     if fuse:
         variables = fuse_bn(variables, name)
-    variables = jax.tree.map(jnp.asarray, variables)
     h, w = resolution or spec.resolution
 
-    def fn(x: jax.Array) -> jax.Array:
-        return model.apply(variables, x).astype(jnp.float32)
+    def apply(params: Any, x: jax.Array) -> jax.Array:
+        return model.apply(params, x).astype(jnp.float32)
 
     def reference(x: jax.Array) -> jax.Array:
         return zoo_model.apply(zoo_vars, x).astype(jnp.float32)
 
-    return TfliteProgram(fn, reference, (n, int(h), int(w), 3), OUTPUT_NAMES[spec.task],
-                         float16)
+    params = jax.tree.map(np.asarray, variables)
+    return TfliteProgram(apply, params, reference, (n, int(h), int(w), 3),
+                         OUTPUT_NAMES[spec.task], float16)
 
 
 def _tensorflow() -> Any:
@@ -141,10 +150,12 @@ def to_tflite(program: TfliteProgram) -> bytes:
     from jax.experimental import jax2tf
 
     with depthwise_impl("lax"):  # one grouped conv -> DEPTHWISE_CONV_2D
-        body = jax2tf.convert(program.fn, with_gradient=False)
+        body = jax2tf.convert(program.apply, with_gradient=False)
         module = tf.Module()  # the converter reads the signature's names from a trackable
+        module.params = tf.nest.map_structure(
+            lambda a: tf.Variable(a, trainable=False), program.params)
         module.f = tf.function(
-            lambda x: {program.output_name: body(x)}, autograph=False,
+            lambda x: {program.output_name: body(module.params, x)}, autograph=False,
             input_signature=[tf.TensorSpec(program.input_shape, tf.float32, name="input")])
         concrete = module.f.get_concrete_function()
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], module)
