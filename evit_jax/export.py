@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--platform", nargs="+", default=None,
                     help="target platforms, e.g. cpu cuda tpu (default: this backend)")
     ap.add_argument("--no-fuse-bn", action="store_true", help="keep BatchNorm separate")
-    from evit_jax.deploy import cli as deploy_cli  # --format onnx (evit_jax.deploy)
+    from evit_jax.deploy import cli as deploy_cli  # --format onnx|tflite (evit_jax.deploy)
     deploy_cli.add_arguments(ap)
     return ap
 
@@ -106,9 +106,10 @@ def _main(args: argparse.Namespace) -> int:
     model_info(args.model)  # an unknown name fails before any reading
     if args.batch is not None and args.batch < 1:
         raise UserError(f"--batch must be at least 1, got {args.batch}")
+    from evit_jax.deploy import cli as deploy_cli
+    deploy_cli.check(args)  # flags the format cannot honour fail before the weights load
     variables = load_variables(args.weights, model=args.model)
-    if args.format != "stablehlo":  # ONNX: evit_jax.deploy
-        from evit_jax.deploy import cli as deploy_cli
+    if args.format != "stablehlo":  # ONNX, TFLite: evit_jax.deploy
         print(deploy_cli.export(args, variables))
         return 0
     exp = export_model(args.model, variables, args.resolution, args.part, args.dtype,
