@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
-	$(PY) -m pip install -q -e '.[dev,sam-eval,onnx]' '$(TORCH)'
+	$(PY) -m pip install -q -e '.[dev,sam-eval,onnx,app,app-test]' '$(TORCH)'
 	# jax2onnx declares an older orbax than ours but runs without it (docs/deploy.md)
 	$(PY) -m pip install -q --no-deps 'jax2onnx==0.17.1'
 	touch $(STAMP)

@@ -1,0 +1,561 @@
+"""`evit-sam-app`: a browser demo of EfficientViT-SAM (FastAPI + uvicorn, one static page).
+
+  evit-sam-app --model efficientvit-sam-l0 --weights DIR [--host 127.0.0.1] [--port 8000]
+
+Endpoints (JSON unless said otherwise; `session` is the id an upload returns):
+
+  GET  /                     the page (static/index.html, plain JavaScript, no build step)
+  POST /api/upload           multipart `file` (+ `session` to replace that session's image):
+                             decode, encode once, cache the embedding ->
+                             {session, width, height, decode_ms, encode_ms, notice}
+  POST /api/prompt           {session, points [[x, y], ...], labels [1 | 0, ...],
+                             box [x0, y0, x1, y1] | null, multimask} -> one compiled decoder
+                             call -> {masks: [{png, score}], best, decode_ms}
+  POST /api/everything       {session, points_per_side?}: start the mask generator (202)
+  GET  /api/everything       ?session=: {state, done, total, masks, png (when done)}
+  GET  /api/masks.png        ?session=&index=: mask `index` of the last result as a 0/255 PNG,
+                             or without index all of them as a label map (0 = none, i + 1)
+  GET  /api/masks.json       ?session=&index=: the same masks as COCO RLE annotations
+
+Errors are HTTP 4xx with a one-line `detail`, which the page shows.
+
+Concurrency: the handlers are `async`; every model call (encode, decode, the generator) and
+every image decode runs in a worker thread (`run_in_threadpool`), and XLA releases the GIL
+while it computes, so the event loop keeps answering (the page, progress polls, other users)
+during a 2-second encode. Encodes go one at a time (`encode_slots`): two at once would share
+the same cores and both finish late, while one after the other gives the first user their
+embedding in half the time. Prompts take no lock at all: a decoder call is short and runs
+beside an encode or a generator batch, so a user's click never waits behind another user's
+upload. "Segment everything" runs in its own thread, one job at a time (`everything_slots`;
+later ones wait, shown as queued), and checks for cancellation between batches of clicks.
+Sessions (one image each: the image, its embedding, the last result) live in a bounded LRU
+(`--max-sessions`); an upload to an evicted session starts a new one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import os
+import secrets
+import sys
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from evit_jax.cli import UserError, one_line, run
+from evit_jax.sam import amg_utils as U
+from evit_jax.sam.amg import SamAutomaticMaskGenerator
+from evit_jax.sam.cli import read_image
+from evit_jax.sam.draw import outline, palette
+from evit_jax.sam.predictor import SamPredictor
+
+PROG = "evit-sam-app"
+STATIC = Path(__file__).with_name("static")
+MAX_CLICKS = 30  # decoder token rows are padded to powers of two: <= 32 tokens, 5 shapes
+PROMPT_RGB = (30, 144, 255)  # the mask overlay of a prompt result
+
+
+class AppError(Exception):
+    """A request the app refuses: HTTP `status` with a one-line `detail`."""
+
+    def __init__(self, status: int, detail: str):
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+# ------------------------------------------------------------------------------- masks
+def mask_png(masks: np.ndarray, colors: np.ndarray, alpha: int = 110) -> str:
+    """Boolean masks `[N, H, W]` -> a base64 palette PNG of their overlay: transparent outside,
+    each mask tinted in its colour (largest drawn first, so small ones stay visible) and
+    outlined opaquely. A palette PNG is a fraction of the size of RGBA and encodes faster."""
+    n = len(masks)
+    idx = np.zeros(masks.shape[1:], np.uint8)
+    order = sorted(range(n), key=lambda i: -int(masks[i].sum()))
+    slot = {i: k % 127 for k, i in enumerate(order)}  # 127 colours: fill k + 1, edge k + 128
+    for i in order:
+        idx[masks[i]] = slot[i] + 1
+    for i in order:
+        idx[outline(masks[i])] = slot[i] + 128
+    pal = np.zeros((256, 3), np.uint8)
+    cols = np.asarray(colors, np.uint8)[order][:127]
+    pal[1:1 + len(cols)] = cols
+    pal[128:128 + len(cols)] = cols
+    alphas = bytes([0] + [alpha] * 127 + [255] * 128)
+    img = _pil().fromarray(idx, mode="P")
+    img.putpalette(pal.ravel().tolist())
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", transparency=alphas, compress_level=1)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _pil():
+    from PIL import Image
+    return Image
+
+
+@dataclass
+class Result:
+    """The masks of the last prompt or generator run (uncompressed RLEs: a few KB each)."""
+
+    kind: str  # "prompt" | "everything"
+    rles: list[dict[str, Any]]
+    scores: list[float]
+
+    def masks(self, index: int | None) -> tuple[list[int], np.ndarray]:
+        ids = list(range(len(self.rles))) if index is None else [index]
+        if index is not None and not 0 <= index < len(self.rles):
+            raise AppError(404, f"no mask {index}: the last result has {len(self.rles)}")
+        return ids, np.array([U.rle_to_mask(self.rles[i]) for i in ids], bool)
+
+
+@dataclass
+class Job:
+    """A "segment everything" run: progress in clicks, cancelled by a new upload."""
+
+    total: int
+    state: str = "queued"  # queued | running | done | error | cancelled
+    done: int = 0
+    error: str = ""
+    png: str = ""
+    count: int = 0
+    seconds: float = 0.0
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    def view(self) -> dict[str, Any]:
+        out = {"state": self.state, "done": self.done, "total": self.total,
+               "masks": self.count, "seconds": round(self.seconds, 2)}
+        if self.state == "error":
+            out["error"] = self.error
+        if self.state == "done":
+            out["png"] = self.png
+        return out
+
+
+class _Cancelled(Exception):
+    pass
+
+
+class _Encoded(SamPredictor):
+    """A view of a session's predictor for the mask generator: `set_image` of the full image
+    keeps the cached embedding instead of encoding again, and `reset_image` keeps it too
+    (the app runs the generator without crops, so it only ever sees the full image)."""
+
+    def __init__(self, src: SamPredictor):  # noqa: super().__init__ would reset the state
+        self.__dict__.update(src.__dict__)
+
+    def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
+        if tuple(image.shape[:2]) != self.original_size:
+            raise RuntimeError("the app's generator runs without crops")
+
+    def reset_image(self) -> None:
+        pass
+
+
+class _SessionGenerator(SamAutomaticMaskGenerator):
+    """The mask generator on a session's embedding, reporting progress per batch of clicks."""
+
+    def __init__(self, predictor: SamPredictor, job: Job, **kwargs: Any):
+        super().__init__(predictor.model, predictor.variables, crop_n_layers=0,
+                         output_mode="uncompressed_rle", **kwargs)
+        self.predictor = _Encoded(predictor)
+        self.job = job
+
+    def _process_batch(self, points: np.ndarray, *args: Any) -> None:
+        if self.job.cancel.is_set():
+            raise _Cancelled
+        super()._process_batch(points, *args)
+        self.job.done += len(points)
+
+
+@dataclass
+class Session:
+    id: str
+    name: str = ""
+    image: np.ndarray | None = None  # uint8 [H, W, 3]
+    predictor: SamPredictor | None = None  # holds the embedding [1, 64, 64, 256]
+    result: Result | None = None
+    job: Job | None = None
+
+
+# ----------------------------------------------------------------------------- the app
+class SamApp:
+    """The state behind the endpoints: model, sessions, locks. `create_app` wraps it.
+
+    Args:
+      model, variables: an EfficientViT-SAM model and its variables.
+      max_sessions: sessions kept (LRU); each holds an image, a 4 MB embedding, one result.
+      max_upload_bytes, max_pixels: uploads above these are refused (413).
+      points_per_side: the default grid of "segment everything".
+    """
+
+    def __init__(self, model: Any, variables: Any, max_sessions: int = 8,
+                 max_upload_bytes: int = 20 << 20, max_pixels: int = 16_000_000,
+                 points_per_side: int = 16):
+        import jax
+        if max_sessions < 1:
+            raise UserError(f"--max-sessions must be >= 1, got {max_sessions}")
+        self.model = model
+        self.variables = jax.device_put(variables)
+        self.max_sessions = max_sessions
+        self.max_upload_bytes = max_upload_bytes
+        self.max_pixels = max_pixels
+        self.points_per_side = points_per_side
+        self.sessions: OrderedDict[str, Session] = OrderedDict()
+        self.lock = threading.Lock()  # guards `sessions` (touched from threads and the loop)
+        self.encode_slots = threading.Semaphore(1)
+        self.everything_slots = threading.Semaphore(1)
+
+    # ------------------------------------------------------------------- sessions (LRU)
+    def session(self, sid: str | None, create: bool = False) -> Session:
+        with self.lock:
+            s = self.sessions.get(sid or "")
+            if s is not None:
+                self.sessions.move_to_end(s.id)
+                return s
+            if not create:
+                raise AppError(404, "unknown or expired session: open the image again")
+            s = Session(secrets.token_urlsafe(12))
+            self.sessions[s.id] = s
+            while len(self.sessions) > self.max_sessions:
+                _, old = self.sessions.popitem(last=False)
+                if old.job is not None:
+                    old.job.cancel.set()
+            return s
+
+    # ------------------------------------------------------------------------- warm-up
+    def warm(self, prompts: Sequence[tuple[int, bool]] = ((1, True), (1, False), (3, True),
+                                                          (3, False)),
+             everything: bool = True) -> float:
+        """Compile before the first user: the encoder, the decoder for the prompt shapes of
+        `prompts` ((clicks, multimask): 1 click, and 3 clicks or a box + 1 click, are the two
+        smallest token shapes) and the generator's batch. Returns seconds."""
+        t0 = time.perf_counter()
+        image = np.zeros((64, 64, 3), np.uint8)
+        p = SamPredictor(self.model, self.variables)
+        p.set_image(image)
+        for clicks, multimask in prompts:
+            p.predict(np.full((clicks, 2), 8.0), np.ones(clicks), multimask_output=multimask)
+        if everything:
+            job = Job(total=0)
+            gen = _SessionGenerator(p, job, points_per_side=8, points_per_batch=64)
+            gen.generate(image)
+        return time.perf_counter() - t0
+
+    # ------------------------------------------------------------------------- upload
+    def decode_upload(self, data: bytes, name: str) -> tuple[np.ndarray, str]:
+        """Upload bytes -> uint8 RGB `[H, W, 3]` and a notice ("" or what was converted),
+        through `evit-segment`'s reader (16-bit scaling, decompression-bomb guard)."""
+        if not data:
+            raise AppError(422, f"{name}: the file is empty")
+        if len(data) > self.max_upload_bytes:
+            raise AppError(413, f"{name}: {len(data) / 2**20:.1f} MB is more than this app "
+                                f"accepts ({self.max_upload_bytes / 2**20:.0f} MB)")
+        Image = _pil()
+        with tempfile.TemporaryDirectory(prefix="evit-sam-app-") as d:
+            path = Path(d) / "upload"
+            path.write_bytes(data)
+            notice = ""
+            try:  # the header only: refuse big images before decoding them
+                with Image.open(path) as im:
+                    (w, h), mode = im.size, im.mode
+                if w * h > self.max_pixels:
+                    raise AppError(413, f"{name}: {w}x{h} pixels is more than this app "
+                                        f"accepts ({self.max_pixels / 1e6:.0f} Mpx); "
+                                        "downscale the image")
+                if mode.startswith("I;16") or mode == "I":
+                    notice = f"{name}: {mode} pixels (16-bit grey) scaled to 8 bits"
+            except AppError:
+                raise
+            except Exception:  # not readable: the reader below says why, in its words
+                pass
+            try:
+                image = read_image(path)
+            except UserError as e:
+                raise AppError(415 if "not an image" in str(e) else 422,
+                               one_line(e).replace(str(path), name)) from None
+        return image, notice
+
+    def encode(self, s: Session, image: np.ndarray, name: str) -> float:
+        """Encode `image` into session `s` (one encode at a time); returns seconds."""
+        with self.encode_slots:
+            t0 = time.perf_counter()
+            p = SamPredictor(self.model, self.variables)
+            p.set_image(image)
+            p.features.block_until_ready()
+            seconds = time.perf_counter() - t0
+        if s.job is not None:
+            s.job.cancel.set()
+        # One assignment each: a prompt running now keeps the predictor it started with.
+        s.image, s.predictor, s.name, s.result, s.job = image, p, name, None, None
+        return seconds
+
+    # ------------------------------------------------------------------------- prompt
+    def prompt(self, s: Session, points: list[list[float]], labels: list[int],
+               box: list[float] | None, multimask: bool) -> dict[str, Any]:
+        """One decoder call for one prompt; the masks as overlay PNGs with their IoUs."""
+        p = s.predictor
+        if p is None:
+            raise AppError(409, "no image in this session yet: open one first")
+        if not points and box is None:
+            raise AppError(422, "give at least one click or a box")
+        if len(points) > MAX_CLICKS:
+            raise AppError(422, f"{len(points)} clicks: at most {MAX_CLICKS} per prompt")
+        t0 = time.perf_counter()
+        try:
+            masks, iou, _ = p.predict(np.asarray(points, np.float64).reshape(-1, 2)
+                                      if points else None,
+                                      np.asarray(labels) if points else None,
+                                      None if box is None else np.asarray(box, np.float64),
+                                      multimask_output=multimask)
+        except ValueError as e:  # prompts outside the image, bad labels, ...
+            raise AppError(422, one_line(e)) from None
+        decode_ms = 1e3 * (time.perf_counter() - t0)
+        s.result = Result("prompt", [U.mask_to_rle(m) for m in masks],
+                          [float(v) for v in iou])
+        color = np.array([PROMPT_RGB])
+        return {"masks": [{"png": mask_png(m[None], color), "score": float(v),
+                           "area": int(m.sum())} for m, v in zip(masks, iou)],
+                "best": int(np.argmax(iou)), "decode_ms": round(decode_ms, 1),
+                "points": np.asarray(points, float).tolist(), "box": box}
+
+    # --------------------------------------------------------------------- everything
+    def start_everything(self, s: Session, points_per_side: int | None) -> Job:
+        if s.predictor is None:
+            raise AppError(409, "no image in this session yet: open one first")
+        n = points_per_side or self.points_per_side
+        if not 2 <= n <= 64:
+            raise AppError(422, f"points_per_side must be in 2..64, got {n}")
+        if s.job is not None and s.job.state in ("queued", "running"):
+            return s.job
+        job = Job(total=n * n)
+        s.job = job
+        threading.Thread(target=self._everything, args=(s, s.predictor, s.image, job, n),
+                         daemon=True, name=f"everything-{s.id}").start()
+        return job
+
+    def _everything(self, s: Session, p: SamPredictor, image: np.ndarray, job: Job,
+                    n: int) -> None:
+        with self.everything_slots:
+            t0 = time.perf_counter()
+            job.state = "running"
+            try:
+                gen = _SessionGenerator(p, job, points_per_side=n, points_per_batch=64)
+                records = gen.generate(image)
+                rles = [r["segmentation"] for r in records]
+                masks = np.array([U.rle_to_mask(r) for r in rles], bool).reshape(
+                    -1, *image.shape[:2])
+                job.png = mask_png(masks, palette(len(masks))) if len(masks) else ""
+                job.count = len(masks)
+                if s.job is job:  # not replaced by a new upload meanwhile
+                    s.result = Result("everything", rles,
+                                      [float(r["predicted_iou"]) for r in records])
+                job.state = "done"
+            except _Cancelled:
+                job.state = "cancelled"
+            except Exception as e:  # shown in the page; the server goes on
+                job.error, job.state = one_line(e), "error"
+            job.seconds = time.perf_counter() - t0
+
+    # ---------------------------------------------------------------------- downloads
+    def download_png(self, s: Session, index: int | None) -> bytes:
+        ids, masks = self._result(s).masks(index)
+        h, w = s.image.shape[:2]
+        if index is not None:
+            out = masks[0].astype(np.uint8) * 255
+        else:  # label map: larger masks first so smaller ones stay visible
+            out = np.zeros((h, w), np.uint16 if len(ids) > 255 else np.uint8)
+            for i in sorted(range(len(ids)), key=lambda i: -int(masks[i].sum())):
+                out[masks[i]] = i + 1
+        buf = io.BytesIO()
+        _pil().fromarray(out).save(buf, format="PNG")
+        return buf.getvalue()
+
+    def download_json(self, s: Session, index: int | None) -> dict[str, Any]:
+        r = self._result(s)
+        ids = list(range(len(r.rles))) if index is None else r.masks(index)[0]
+        h, w = s.image.shape[:2]
+        anns = []
+        for k, i in enumerate(ids):
+            rle = r.rles[i]
+            m = U.rle_to_mask(rle)
+            ys, xs = np.nonzero(m)
+            bbox = ([int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1),
+                     int(ys.max() - ys.min() + 1)] if xs.size else [0, 0, 0, 0])
+            anns.append({"id": k + 1, "image_id": 1, "segmentation": U.coco_encode_rle(rle),
+                         "area": U.area_from_rle(rle), "bbox": bbox,
+                         "score": r.scores[i], "index": i})
+        return {"images": [{"id": 1, "file_name": s.name, "width": w, "height": h}],
+                "annotations": anns, "source": r.kind}
+
+    @staticmethod
+    def _result(s: Session) -> Result:
+        if s.result is None:
+            raise AppError(404, "no masks yet: click the image or segment everything first")
+        return s.result
+
+
+# ------------------------------------------------------------------------ ASGI wiring
+def create_app(sam: SamApp):
+    """The FastAPI application over `sam` (serve with uvicorn)."""
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import FileResponse, JSONResponse, Response
+    from pydantic import BaseModel
+    from starlette.concurrency import run_in_threadpool
+
+    app = FastAPI(title="EfficientViT-SAM", docs_url=None, redoc_url=None)
+
+    @app.exception_handler(AppError)
+    async def _app_error(request: Request, e: AppError):
+        return JSONResponse({"detail": e.detail}, status_code=e.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_request(request: Request, e: RequestValidationError):
+        first = e.errors()[0] if e.errors() else {}
+        where = ".".join(str(v) for v in first.get("loc", ()) if v != "body")
+        return JSONResponse({"detail": f"bad request: {where}: {first.get('msg', '')}"},
+                            status_code=422)
+
+    class PromptIn(BaseModel):
+        session: str
+        points: list[list[float]] = []
+        labels: list[int] = []
+        box: list[float] | None = None
+        multimask: bool = True
+
+    class EverythingIn(BaseModel):
+        session: str
+        points_per_side: int | None = None
+
+    @app.get("/")
+    async def index():
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.post("/api/upload")
+    async def upload(request: Request):
+        size = request.headers.get("content-length")
+        if size is None:
+            raise AppError(411, "send the upload with a Content-Length")
+        if int(size) > sam.max_upload_bytes + (64 << 10):  # before reading any of it
+            raise AppError(413, f"the upload ({int(size) / 2**20:.1f} MB) is more than this "
+                                f"app accepts ({sam.max_upload_bytes / 2**20:.0f} MB)")
+        form = await request.form(max_files=1, max_fields=2)
+        up = form.get("file")
+        if up is None or isinstance(up, str):
+            raise AppError(422, "no file in the upload (a multipart field named 'file')")
+        data = await up.read()
+        name = os.path.basename(up.filename or "upload")
+        t0 = time.perf_counter()
+        image, notice = await run_in_threadpool(sam.decode_upload, data, name)
+        decode_ms = 1e3 * (time.perf_counter() - t0)
+        s = sam.session(form.get("session"), create=True)
+        encode_s = await run_in_threadpool(sam.encode, s, image, name)
+        h, w = image.shape[:2]
+        return {"session": s.id, "width": w, "height": h, "name": name, "notice": notice,
+                "decode_ms": round(decode_ms, 1), "encode_ms": round(1e3 * encode_s, 1)}
+
+    @app.post("/api/prompt")
+    async def prompt(body: PromptIn):
+        s = sam.session(body.session)
+        if len(body.labels) != len(body.points):
+            raise AppError(422, f"{len(body.points)} points but {len(body.labels)} labels")
+        return await run_in_threadpool(sam.prompt, s, body.points, body.labels, body.box,
+                                       body.multimask)
+
+    @app.post("/api/everything", status_code=202)
+    async def everything(body: EverythingIn):
+        return sam.start_everything(sam.session(body.session), body.points_per_side).view()
+
+    @app.get("/api/everything")
+    async def everything_progress(session: str):
+        s = sam.session(session)
+        if s.job is None:
+            raise AppError(404, "no segment-everything run in this session")
+        return s.job.view()
+
+    @app.get("/api/masks.png")
+    async def masks_png(session: str, index: int | None = None):
+        data = await run_in_threadpool(sam.download_png, sam.session(session), index)
+        return Response(data, media_type="image/png", headers={
+            "Content-Disposition": f'attachment; filename="masks{"" if index is None else index}.png"'})
+
+    @app.get("/api/masks.json")
+    async def masks_json(session: str, index: int | None = None):
+        data = await run_in_threadpool(sam.download_json, sam.session(session), index)
+        return Response(json.dumps(data), media_type="application/json", headers={
+            "Content-Disposition": 'attachment; filename="masks.json"'})
+
+    return app
+
+
+# --------------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="A browser demo of EfficientViT-SAM: "
+                                "open an image, click or drag a box, see the mask.")
+    p.add_argument("--model", required=True, help="zoo name, e.g. efficientvit-sam-l0")
+    p.add_argument("--weights", required=True,
+                   help="variables directory written by evit-convert, or the authors' .pt file")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
+    p.add_argument("--max-sessions", type=int, default=8,
+                   help="images (with embeddings) kept at once, least recently used dropped")
+    p.add_argument("--max-upload-mb", type=float, default=20, help="largest upload accepted")
+    p.add_argument("--max-megapixels", type=float, default=16, help="largest image accepted")
+    p.add_argument("--points-per-side", type=int, default=16,
+                   help="segment everything: clicks per side of the grid")
+    return p
+
+
+def load(args: argparse.Namespace) -> SamApp:
+    """The model and weights named on the command line, as a SamApp."""
+    import evit_jax
+
+    try:
+        task = evit_jax.model_info(args.model).task
+    except KeyError:
+        raise UserError(f"unknown model {args.model!r}; see evit_jax.list_models('*sam*')") \
+            from None
+    if task != "sam":
+        raise UserError(f"{args.model} is not a SAM model; see evit_jax.list_models('*sam*')")
+    if not 1 <= args.port <= 65535:
+        raise UserError(f"--port {args.port}: give 1..65535")
+    model = evit_jax.create_model(args.model)
+    variables = evit_jax.load_variables(args.weights, model=args.model)
+    return SamApp(model, variables, max_sessions=args.max_sessions,
+                  max_upload_bytes=int(args.max_upload_mb * 2**20),
+                  max_pixels=int(args.max_megapixels * 1e6),
+                  points_per_side=args.points_per_side)
+
+
+def _main(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+    except ImportError:
+        raise UserError("the app needs its extra: pip install 'evit-jax[app]'") from None
+    t0 = time.perf_counter()
+    sam = load(args)
+    print(f"{PROG}: loaded {args.model} in {time.perf_counter() - t0:.1f} s; compiling ...",
+          flush=True)
+    print(f"{PROG}: compiled the encoder, decoder and generator in {sam.warm():.1f} s; "
+          f"serving on http://{args.host}:{args.port}/", flush=True)
+    uvicorn.run(create_app(sam), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point (`evit_jax.cli.run`: 0 ok, 1 user error, 2 bad usage)."""
+    return run(PROG, build_parser(), _main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
