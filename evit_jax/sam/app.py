@@ -32,8 +32,8 @@ Sessions (one image each: the image, its embedding, the last result) live in a b
 (`--max-sessions`); an upload to an evicted session starts a new one.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI reads the handlers' annotations (Request,
+# the pydantic bodies), which are local to create_app.
 import argparse
 import base64
 import io
@@ -96,6 +96,10 @@ def mask_png(masks: np.ndarray, colors: np.ndarray, alpha: int = 110) -> str:
     buf = io.BytesIO()
     img.save(buf, format="PNG", transparency=alphas, compress_level=1)
     return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MB" if n >= 2**17 else f"{n} bytes"
 
 
 def _pil():
@@ -196,11 +200,12 @@ class SamApp:
       max_sessions: sessions kept (LRU); each holds an image, a 4 MB embedding, one result.
       max_upload_bytes, max_pixels: uploads above these are refused (413).
       points_per_side: the default grid of "segment everything".
+      generator: more `SamAutomaticMaskGenerator` arguments (e.g. `pred_iou_thresh`).
     """
 
     def __init__(self, model: Any, variables: Any, max_sessions: int = 8,
                  max_upload_bytes: int = 20 << 20, max_pixels: int = 16_000_000,
-                 points_per_side: int = 16):
+                 points_per_side: int = 16, generator: dict[str, Any] | None = None):
         import jax
         if max_sessions < 1:
             raise UserError(f"--max-sessions must be >= 1, got {max_sessions}")
@@ -210,6 +215,7 @@ class SamApp:
         self.max_upload_bytes = max_upload_bytes
         self.max_pixels = max_pixels
         self.points_per_side = points_per_side
+        self.generator = dict(generator or {})
         self.sessions: OrderedDict[str, Session] = OrderedDict()
         self.lock = threading.Lock()  # guards `sessions` (touched from threads and the loop)
         self.encode_slots = threading.Semaphore(1)
@@ -247,7 +253,8 @@ class SamApp:
             p.predict(np.full((clicks, 2), 8.0), np.ones(clicks), multimask_output=multimask)
         if everything:
             job = Job(total=0)
-            gen = _SessionGenerator(p, job, points_per_side=8, points_per_batch=64)
+            gen = _SessionGenerator(p, job, points_per_side=8,
+                                    **{"points_per_batch": 64, **self.generator})
             gen.generate(image)
         return time.perf_counter() - t0
 
@@ -258,8 +265,8 @@ class SamApp:
         if not data:
             raise AppError(422, f"{name}: the file is empty")
         if len(data) > self.max_upload_bytes:
-            raise AppError(413, f"{name}: {len(data) / 2**20:.1f} MB is more than this app "
-                                f"accepts ({self.max_upload_bytes / 2**20:.0f} MB)")
+            raise AppError(413, f"{name}: {_size(len(data))} is more than this app accepts "
+                                f"({_size(self.max_upload_bytes)})")
         Image = _pil()
         with tempfile.TemporaryDirectory(prefix="evit-sam-app-") as d:
             path = Path(d) / "upload"
@@ -349,7 +356,8 @@ class SamApp:
             t0 = time.perf_counter()
             job.state = "running"
             try:
-                gen = _SessionGenerator(p, job, points_per_side=n, points_per_batch=64)
+                gen = _SessionGenerator(p, job, points_per_side=n,
+                                        **{"points_per_batch": 64, **self.generator})
                 records = gen.generate(image)
                 rles = [r["segmentation"] for r in records]
                 masks = np.array([U.rle_to_mask(r) for r in rles], bool).reshape(
@@ -447,8 +455,8 @@ def create_app(sam: SamApp):
         if size is None:
             raise AppError(411, "send the upload with a Content-Length")
         if int(size) > sam.max_upload_bytes + (64 << 10):  # before reading any of it
-            raise AppError(413, f"the upload ({int(size) / 2**20:.1f} MB) is more than this "
-                                f"app accepts ({sam.max_upload_bytes / 2**20:.0f} MB)")
+            raise AppError(413, f"the upload ({_size(int(size))}) is more than this app "
+                                f"accepts ({_size(sam.max_upload_bytes)})")
         form = await request.form(max_files=1, max_fields=2)
         up = form.get("file")
         if up is None or isinstance(up, str):
@@ -513,6 +521,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-megapixels", type=float, default=16, help="largest image accepted")
     p.add_argument("--points-per-side", type=int, default=16,
                    help="segment everything: clicks per side of the grid")
+    p.add_argument("--pred-iou-thresh", type=float, default=0.88,
+                   help="segment everything: keep masks with a predicted IoU above this")
+    p.add_argument("--stability-score-thresh", type=float, default=0.95,
+                   help="segment everything: keep masks at least this stable")
     return p
 
 
@@ -534,7 +546,9 @@ def load(args: argparse.Namespace) -> SamApp:
     return SamApp(model, variables, max_sessions=args.max_sessions,
                   max_upload_bytes=int(args.max_upload_mb * 2**20),
                   max_pixels=int(args.max_megapixels * 1e6),
-                  points_per_side=args.points_per_side)
+                  points_per_side=args.points_per_side,
+                  generator={"pred_iou_thresh": args.pred_iou_thresh,
+                             "stability_score_thresh": args.stability_score_thresh})
 
 
 def _main(args: argparse.Namespace) -> int:
