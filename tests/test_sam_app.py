@@ -50,11 +50,12 @@ CX, CY, R = 52.0, 70.0, 28.0  # off-centre: swapped x / y would land outside the
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
-def disc_image() -> tuple[np.ndarray, np.ndarray]:
-    """A bright disc on a dark background: uint8 `[H, W, 3]` and the disc's mask `[H, W]`."""
-    yy, xx = np.mgrid[:H, :W]
-    disc = (xx + 0.5 - CX) ** 2 + (yy + 0.5 - CY) ** 2 < R * R
-    img = np.full((H, W, 3), (25, 30, 40), np.uint8)
+def disc_image(f: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """A bright disc on a dark background, `f` times the size: uint8 `[fH, fW, 3]` and the
+    disc's mask `[fH, fW]`."""
+    yy, xx = np.mgrid[:f * H, :f * W] / f
+    disc = (xx + 0.5 / f - CX) ** 2 + (yy + 0.5 / f - CY) ** 2 < R * R
+    img = np.full((f * H, f * W, 3), (25, 30, 40), np.uint8)
     img[disc] = (235, 235, 225)
     return img, disc
 
@@ -94,13 +95,16 @@ def disc_weights(model, image: np.ndarray, disc: np.ndarray) -> dict:
         return (bce * wgt).sum() / wgt.sum()
 
     opt = optax.adam(0.05)
-    b, st = jnp.zeros(x.shape[-1]), None
-    st = opt.init(b)
-    grad = jax.jit(jax.value_and_grad(loss))
-    for _ in range(300):
-        _, g = grad(b)
-        u, st = opt.update(g, st)
-        b = optax.apply_updates(b, u)
+
+    @jax.jit
+    def fit(b):  # 300 Adam steps in one compiled loop
+        def step(_, carry):
+            b, st = carry
+            u, st = opt.update(jax.grad(loss)(b), st)
+            return optax.apply_updates(b, u), st
+        return jax.lax.fori_loop(0, 300, step, (b, opt.init(b)))[0]
+
+    b = fit(jnp.zeros(x.shape[-1]))
     for t in range(4):
         last = md[f"output_hypernetworks_mlps_{t}"]["layers_2"]
         last["kernel"] = jnp.zeros_like(last["kernel"])
@@ -355,11 +359,10 @@ def test_page_in_headless_chromium(server, sam, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    image, disc = disc_image()
     f = 8  # 1280x960 pixels, shown CSS-scaled (~0.7): the page must map clicks back
-    big = np.asarray(Image.fromarray(image).resize((f * W, f * H), Image.NEAREST))
+    image, disc = disc_image(f)
     path = tmp_path / "disc.png"
-    Image.fromarray(big).save(path)
+    Image.fromarray(image).save(path)
     opts = webdriver.ChromeOptions()
     opts.binary_location = chromium
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
@@ -400,8 +403,7 @@ def test_page_in_headless_chromium(server, sam, tmp_path):
         assert href.endswith(f"/api/masks.json?session={sid}&index={best}"), href
         js = httpx.get(href).json()
         m = U.coco_rle_to_mask(js["annotations"][0]["segmentation"])
-        big_disc = np.kron(disc, np.ones((f, f), bool))
-        assert m[int(cy), int(cx)] and (m & big_disc).sum() / (m | big_disc).sum() > 0.8
+        assert m[int(cy), int(cx)] and (m & disc).sum() / (m | disc).sum() > 0.8
         # Drawn: inside the disc the canvas is tinted blue, outside it is the image.
         px = drv.execute_script("const c = arguments[0].getContext('2d');"
                                 "return [Array.from(c.getImageData(arguments[1], arguments[2],"
@@ -410,7 +412,7 @@ def test_page_in_headless_chromium(server, sam, tmp_path):
                                 canvas, int(cx) - 60, int(cy), f * 150, f * 10)
         inside, outside = px
         assert inside[2] > inside[0] + 40, inside  # blue over the white disc
-        assert outside[:3] == list(image[10, 150]), outside
+        assert outside[:3] == list(image[f * 10, f * 150]), outside
         shot = os.environ.get("EVIT_APP_SCREENSHOT") or str(tmp_path / "sam_app.png")
         assert drv.save_screenshot(shot) and Image.open(shot).size[0] > 0
     finally:
