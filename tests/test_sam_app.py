@@ -16,7 +16,6 @@ image pixels) and must give exactly what `SamPredictor` gives for that prompt.
 
 import base64
 import io
-import json
 import os
 import shutil
 import socket

@@ -154,8 +154,8 @@ class _Encoded(SamPredictor):
     keeps the cached embedding instead of encoding again, and `reset_image` keeps it too
     (the app runs the generator without crops, so it only ever sees the full image)."""
 
-    def __init__(self, src: SamPredictor):  # noqa: super().__init__ would reset the state
-        self.__dict__.update(src.__dict__)
+    def __init__(self, src: SamPredictor):
+        self.__dict__.update(src.__dict__)  # not super().__init__: that resets the state
 
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
         if tuple(image.shape[:2]) != self.original_size:
@@ -494,8 +494,9 @@ def create_app(sam: SamApp):
     @app.get("/api/masks.png")
     async def masks_png(session: str, index: int | None = None):
         data = await run_in_threadpool(sam.download_png, sam.session(session), index)
-        return Response(data, media_type="image/png", headers={
-            "Content-Disposition": f'attachment; filename="masks{"" if index is None else index}.png"'})
+        name = "masks.png" if index is None else f"mask{index}.png"
+        return Response(data, media_type="image/png",
+                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
     @app.get("/api/masks.json")
     async def masks_json(session: str, index: int | None = None):
@@ -560,9 +561,11 @@ def _main(args: argparse.Namespace) -> int:
     sam = load(args)
     print(f"{PROG}: loaded {args.model} in {time.perf_counter() - t0:.1f} s; compiling ...",
           flush=True)
-    print(f"{PROG}: compiled the encoder, decoder and generator in {sam.warm():.1f} s; "
-          f"serving on http://{args.host}:{args.port}/", flush=True)
-    uvicorn.run(create_app(sam), host=args.host, port=args.port, log_level="warning")
+    print(f"{PROG}: compiled the encoder, decoder and generator in {sam.warm():.1f} s",
+          flush=True)
+    # uvicorn says "Uvicorn running on http://HOST:PORT" once it listens; no access log.
+    uvicorn.run(create_app(sam), host=args.host, port=args.port, log_level="info",
+                access_log=False)
     return 0
 
 
