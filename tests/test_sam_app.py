@@ -168,7 +168,7 @@ def test_prompt_matches_predictor_and_covers_the_disc(client, sam, disc_session)
     out = r.json()
     assert len(out["masks"]) == 3 and out["points"] == click
     # Exactly the predictor's answer for the same prompt (coordinates passed unchanged).
-    p = sam.session(disc_session).predictor
+    p = sam.session(disc_session).current.predictor
     ref, iou, _ = p.predict(np.array(click), np.array([1]), multimask_output=True)
     np.testing.assert_allclose([m["score"] for m in out["masks"]], iou, rtol=1e-6)
     for m, want in zip(out["masks"], ref):
@@ -218,6 +218,19 @@ def test_segment_everything_reports_progress_and_downloads(client, sam, disc_ses
     # Every click of the grid sees the same disc mask: they all dedup to the disc.
     m = U.coco_rle_to_mask(js["annotations"][0]["segmentation"])
     assert (m & disc).sum() / (m | disc).sum() > 0.8
+
+
+def test_segment_everything_is_cancelled_between_batches(client, sam, disc_session):
+    s = sam.session(disc_session)
+    result = s.result
+    job = sam.start_everything(s, 3)
+    job.cancel.set()  # what a new upload to the session does
+    t0 = time.time()
+    while (d := client.get("/api/everything", params={"session": disc_session}).json())[
+            "state"] in ("queued", "running"):
+        assert time.time() - t0 < 60
+        time.sleep(0.05)
+    assert d["state"] == "cancelled" and d["done"] < 9 and s.result is result
 
 
 def _sixteen_bit() -> bytes:

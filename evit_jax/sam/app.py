@@ -91,7 +91,7 @@ def mask_png(masks: np.ndarray, colors: np.ndarray, alpha: int = 110) -> str:
     pal[1:1 + len(cols)] = cols
     pal[128:128 + len(cols)] = cols
     alphas = bytes([0] + [alpha] * 127 + [255] * 128)
-    img = _pil().fromarray(idx, mode="P")
+    img = _pil().frombytes("P", idx.shape[::-1], idx.tobytes())
     img.putpalette(pal.ravel().tolist())
     buf = io.BytesIO()
     img.save(buf, format="PNG", transparency=alphas, compress_level=1)
@@ -109,11 +109,14 @@ def _pil():
 
 @dataclass
 class Result:
-    """The masks of the last prompt or generator run (uncompressed RLEs: a few KB each)."""
+    """The masks of the last prompt or generator run (uncompressed RLEs: a few KB each) and
+    the image they belong to (its name and `[H, W]`)."""
 
     kind: str  # "prompt" | "everything"
     rles: list[dict[str, Any]]
     scores: list[float]
+    name: str
+    size: tuple[int, int]
 
     def masks(self, index: int | None) -> tuple[list[int], np.ndarray]:
         ids = list(range(len(self.rles))) if index is None else [index]
@@ -181,14 +184,29 @@ class _SessionGenerator(SamAutomaticMaskGenerator):
         self.job.done += len(points)
 
 
+@dataclass(frozen=True)
+class Encoded:
+    """One upload: the image uint8 `[H, W, 3]`, its file name, and the predictor holding its
+    embedding `[1, 64, 64, 256]`. Replaced whole by the next upload, never changed, so a
+    request that took it sees one consistent image."""
+
+    image: np.ndarray
+    name: str
+    predictor: SamPredictor
+
+
 @dataclass
 class Session:
     id: str
-    name: str = ""
-    image: np.ndarray | None = None  # uint8 [H, W, 3]
-    predictor: SamPredictor | None = None  # holds the embedding [1, 64, 64, 256]
+    current: Encoded | None = None
     result: Result | None = None
     job: Job | None = None
+
+    def require(self) -> Encoded:
+        cur = self.current
+        if cur is None:
+            raise AppError(409, "no image in this session yet: open one first")
+        return cur
 
 
 # ----------------------------------------------------------------------------- the app
@@ -302,17 +320,16 @@ class SamApp:
             seconds = time.perf_counter() - t0
         if s.job is not None:
             s.job.cancel.set()
-        # One assignment each: a prompt running now keeps the predictor it started with.
-        s.image, s.predictor, s.name, s.result, s.job = image, p, name, None, None
+        # One assignment: a prompt running now keeps the image and embedding it started with.
+        s.current, s.result, s.job = Encoded(image, name, p), None, None
         return seconds
 
     # ------------------------------------------------------------------------- prompt
     def prompt(self, s: Session, points: list[list[float]], labels: list[int],
                box: list[float] | None, multimask: bool) -> dict[str, Any]:
         """One decoder call for one prompt; the masks as overlay PNGs with their IoUs."""
-        p = s.predictor
-        if p is None:
-            raise AppError(409, "no image in this session yet: open one first")
+        cur = s.require()
+        p = cur.predictor
         if not points and box is None:
             raise AppError(422, "give at least one click or a box")
         if len(points) > MAX_CLICKS:
@@ -327,8 +344,9 @@ class SamApp:
         except ValueError as e:  # prompts outside the image, bad labels, ...
             raise AppError(422, one_line(e)) from None
         decode_ms = 1e3 * (time.perf_counter() - t0)
-        s.result = Result("prompt", [U.mask_to_rle(m) for m in masks],
-                          [float(v) for v in iou])
+        if s.current is cur:  # not if a new upload replaced the image meanwhile
+            s.result = Result("prompt", [U.mask_to_rle(m) for m in masks],
+                              [float(v) for v in iou], cur.name, p.original_size)
         color = np.array([PROMPT_RGB])
         return {"masks": [{"png": mask_png(m[None], color), "score": float(v),
                            "area": int(m.sum())} for m, v in zip(masks, iou)],
@@ -337,8 +355,7 @@ class SamApp:
 
     # --------------------------------------------------------------------- everything
     def start_everything(self, s: Session, points_per_side: int | None) -> Job:
-        if s.predictor is None:
-            raise AppError(409, "no image in this session yet: open one first")
+        cur = s.require()
         n = points_per_side or self.points_per_side
         if not 2 <= n <= 64:
             raise AppError(422, f"points_per_side must be in 2..64, got {n}")
@@ -346,17 +363,17 @@ class SamApp:
             return s.job
         job = Job(total=n * n)
         s.job = job
-        threading.Thread(target=self._everything, args=(s, s.predictor, s.image, job, n),
+        threading.Thread(target=self._everything, args=(s, cur, job, n),
                          daemon=True, name=f"everything-{s.id}").start()
         return job
 
-    def _everything(self, s: Session, p: SamPredictor, image: np.ndarray, job: Job,
-                    n: int) -> None:
+    def _everything(self, s: Session, cur: Encoded, job: Job, n: int) -> None:
+        image = cur.image
         with self.everything_slots:
             t0 = time.perf_counter()
             job.state = "running"
             try:
-                gen = _SessionGenerator(p, job, points_per_side=n,
+                gen = _SessionGenerator(cur.predictor, job, points_per_side=n,
                                         **{"points_per_batch": 64, **self.generator})
                 records = gen.generate(image)
                 rles = [r["segmentation"] for r in records]
@@ -366,7 +383,8 @@ class SamApp:
                 job.count = len(masks)
                 if s.job is job:  # not replaced by a new upload meanwhile
                     s.result = Result("everything", rles,
-                                      [float(r["predicted_iou"]) for r in records])
+                                      [float(r["predicted_iou"]) for r in records], cur.name,
+                                      tuple(image.shape[:2]))
                 job.state = "done"
             except _Cancelled:
                 job.state = "cancelled"
@@ -376,8 +394,9 @@ class SamApp:
 
     # ---------------------------------------------------------------------- downloads
     def download_png(self, s: Session, index: int | None) -> bytes:
-        ids, masks = self._result(s).masks(index)
-        h, w = s.image.shape[:2]
+        r = self._result(s)
+        ids, masks = r.masks(index)
+        h, w = r.size
         if index is not None:
             out = masks[0].astype(np.uint8) * 255
         else:  # label map: larger masks first so smaller ones stay visible
@@ -391,7 +410,7 @@ class SamApp:
     def download_json(self, s: Session, index: int | None) -> dict[str, Any]:
         r = self._result(s)
         ids = list(range(len(r.rles))) if index is None else r.masks(index)[0]
-        h, w = s.image.shape[:2]
+        h, w = r.size
         anns = []
         for k, i in enumerate(ids):
             rle = r.rles[i]
@@ -402,7 +421,7 @@ class SamApp:
             anns.append({"id": k + 1, "image_id": 1, "segmentation": U.coco_encode_rle(rle),
                          "area": U.area_from_rle(rle), "bbox": bbox,
                          "score": r.scores[i], "index": i})
-        return {"images": [{"id": 1, "file_name": s.name, "width": w, "height": h}],
+        return {"images": [{"id": 1, "file_name": r.name, "width": w, "height": h}],
                 "annotations": anns, "source": r.kind}
 
     @staticmethod
@@ -451,8 +470,8 @@ def create_app(sam: SamApp):
 
     @app.post("/api/upload")
     async def upload(request: Request):
-        size = request.headers.get("content-length")
-        if size is None:
+        size = request.headers.get("content-length", "")
+        if not size.isdigit():
             raise AppError(411, "send the upload with a Content-Length")
         if int(size) > sam.max_upload_bytes + (64 << 10):  # before reading any of it
             raise AppError(413, f"the upload ({_size(int(size))}) is more than this app "
