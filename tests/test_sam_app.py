@@ -427,5 +427,12 @@ def test_page_in_headless_chromium(server, sam, tmp_path):
         assert outside[:3] == list(image[f * 10, f * 150]), outside
         shot = os.environ.get("EVIT_APP_SCREENSHOT") or str(tmp_path / "sam_app.png")
         assert drv.save_screenshot(shot) and Image.open(shot).size[0] > 0
+        # A bad upload: the server's one-line message in the page's error bar.
+        bad = tmp_path / "notes.png"
+        bad.write_text("not a picture")
+        drv.find_element(By.ID, "file").send_keys(str(bad))
+        wait.until(lambda d: d.find_element(By.ID, "error").text)
+        assert drv.find_element(By.ID, "error").text == (
+            "notes.png: not an image file PIL can read (give a PNG, JPEG, ...)")
     finally:
         drv.quit()
