@@ -41,7 +41,8 @@ from tests.sam_helpers import sam_case
 pytest.importorskip("fastapi", reason="the app's extra is not installed: pip install -e '.[app]'")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from evit_jax.sam.app import SamApp, create_app, main  # noqa: E402
+from evit_jax.sam.app import create_app, main  # noqa: E402
+from evit_jax.sam.app_state import SamApp  # noqa: E402
 
 NAME = "efficientvit-sam-l0"
 H, W = 120, 160
