@@ -221,6 +221,26 @@ def test_segment_everything_reports_progress_and_downloads(client, sam, disc_ses
     assert (m & disc).sum() / (m | disc).sum() > 0.8
 
 
+def test_prompts_and_the_page_are_served_while_an_upload_waits_to_encode(client, sam,
+                                                                         disc_session):
+    """An upload holds a worker thread (waiting for the encode slot, then encoding); the event
+    loop and other sessions' prompts go on meanwhile."""
+    image, _ = disc_image()
+    done = {}
+    with sam.encode_slots:  # as if another user's encode were running
+        th = threading.Thread(target=lambda: done.update(r=upload(client, png_bytes(image))))
+        th.start()
+        time.sleep(0.5)
+        assert th.is_alive()  # the upload waits for the slot
+        assert client.get("/").status_code == 200
+        r = client.post("/api/prompt", json={"session": disc_session, "points": [[CX, CY]],
+                                             "labels": [1]})
+        assert r.status_code == 200 and len(r.json()["masks"]) == 3
+        assert th.is_alive()
+    th.join(120)
+    assert done["r"].status_code == 200, done["r"].text
+
+
 def test_segment_everything_is_cancelled_between_batches(client, sam, disc_session):
     s = sam.session(disc_session)
     result = s.result
