@@ -162,12 +162,7 @@ def load(args: argparse.Namespace) -> SamApp:
     """The model and weights named on the command line, as a SamApp."""
     import evit_jax
 
-    try:
-        task = evit_jax.model_info(args.model).task
-    except KeyError:
-        raise UserError(f"unknown model {args.model!r}; see evit_jax.list_models('*sam*')") \
-            from None
-    if task != "sam":
+    if evit_jax.model_info(args.model).task != "sam":  # (an unknown name: its own error)
         raise UserError(f"{args.model} is not a SAM model; see evit_jax.list_models('*sam*')")
     if not 1 <= args.port <= 65535:
         raise UserError(f"--port {args.port}: give 1..65535")
