@@ -305,6 +305,7 @@ def test_bad_prompts_and_sessions(client, sam, disc_session):
         ({"box": [50.0, 50.0, 10.0, 10.0]}, 422, "x0 <= x1"),
         ({}, 422, "at least one click or a box"),
         ({"points": "x"}, 422, "bad request: points"),
+        ({"points": [[1.0]], "labels": [1]}, 422, "[x, y] pairs"),
     ]
     for body, status, text in bad:
         r = client.post("/api/prompt", json={"session": sid, **body})

@@ -310,12 +310,13 @@ class SamApp:
         p = cur.predictor
         if not points and box is None:
             raise AppError(422, "give at least one click or a box")
+        if any(len(xy) != 2 for xy in points):
+            raise AppError(422, "points must be [x, y] pairs in image pixels")
         if len(points) > MAX_CLICKS:
             raise AppError(422, f"{len(points)} clicks: at most {MAX_CLICKS} per prompt")
         t0 = time.perf_counter()
         try:
-            masks, iou, _ = p.predict(np.asarray(points, np.float64).reshape(-1, 2)
-                                      if points else None,
+            masks, iou, _ = p.predict(np.asarray(points, np.float64) if points else None,
                                       np.asarray(labels) if points else None,
                                       None if box is None else np.asarray(box, np.float64),
                                       multimask_output=multimask)
