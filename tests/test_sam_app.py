@@ -20,6 +20,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -337,6 +338,36 @@ def test_cli_errors_before_loading(tmp_path, capsys):
     assert "not a SAM model" in capsys.readouterr().err
     assert main(["--model", NAME, "--weights", str(tmp_path), "--port", "0"]) == 1
     assert "--port 0" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # ~1.5 min: the start-up compiles every warm shape
+def test_cli_serves_the_page_and_a_prompt(weights, tmp_path):
+    """`evit-sam-app` end to end: load, compile, listen; upload and click over HTTP."""
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "evit_jax.sam.app", "--model", NAME,
+                             "--weights", str(weights), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        for line in proc.stdout:  # uvicorn says where it listens once it does
+            lines.append(line)
+            if f"running on http://127.0.0.1:{port}" in line:
+                break
+        assert any("compiled the encoder, decoder and generator" in x for x in lines), lines
+        base = f"http://127.0.0.1:{port}"
+        assert "EfficientViT-SAM" in httpx.get(base + "/").text
+        image, disc = disc_image()
+        r = httpx.post(base + "/api/upload", files={"file": ("d.png", png_bytes(image))},
+                       timeout=120)
+        assert r.status_code == 200, r.text
+        out = httpx.post(base + "/api/prompt", json={
+            "session": r.json()["session"], "points": [[CX, CY]], "labels": [1]},
+            timeout=120).json()
+        best = mask_from_png(out["masks"][out["best"]]["png"])
+        assert best[int(CY), int(CX)] and (best & disc).sum() / (best | disc).sum() > 0.8
+    finally:
+        proc.terminate()
+        proc.wait(30)
 
 
 # --------------------------------------------------------------------------- browser
