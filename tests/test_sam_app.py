@@ -19,10 +19,12 @@ import io
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import httpx
@@ -263,6 +265,16 @@ def _sixteen_bit() -> bytes:
     return buf.getvalue()
 
 
+def _bomb(side: int) -> bytes:
+    """A grey PNG that says it is side x side pixels, in a few hundred bytes."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(b"\0" * 4096)) + chunk(b"IEND", b""))
+
+
 def test_bad_uploads_get_one_line_messages(client, sam):
     image, _ = disc_image()
     good = png_bytes(image)
@@ -284,6 +296,13 @@ def test_bad_uploads_get_one_line_messages(client, sam):
     image16, notice = sam.decode_upload(_sixteen_bit(), "deep.png")
     assert image16.shape == (H, W, 3) and image16.dtype == np.uint8 and image16.max() > 200
     assert "16-bit" in notice
+    # Decompression bombs, refused from their headers before any decoding: 25 Mpx by the
+    # app's limit (16 Mpx), 900 Mpx by the reader's (PIL's) bomb guard.
+    r = upload(client, _bomb(5000), "big.png")
+    assert r.status_code == 413 and "big.png: 5000x5000 pixels is more" in r.json()["detail"]
+    r = upload(client, _bomb(30000), "bomb.png")
+    assert r.status_code == 413 and "bomb.png: too many pixels to decode safely" in \
+        r.json()["detail"], r.text
     old = sam.max_pixels, sam.max_upload_bytes
     try:
         sam.max_pixels = 100

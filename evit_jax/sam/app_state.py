@@ -284,8 +284,10 @@ class SamApp:
             try:
                 image = read_image(path)
             except UserError as e:
-                raise AppError(415 if "not an image" in str(e) else 422,
-                               one_line(e).replace(str(path), name)) from None
+                msg = one_line(e).replace(str(path), name)
+                status = (415 if "not an image" in msg else  # the reader's words, tested
+                          413 if "too many pixels" in msg else 422)
+                raise AppError(status, msg) from None
         return image, notice
 
     def encode(self, s: Session, image: np.ndarray, name: str) -> float:
