@@ -1,0 +1,202 @@
+"""`evit-sam-app`: a browser demo of EfficientViT-SAM (FastAPI + uvicorn, one static page).
+
+  evit-sam-app --model efficientvit-sam-l0 --weights DIR [--host 127.0.0.1] [--port 8000]
+
+Endpoints (JSON unless said otherwise; `session` is the id an upload returns):
+
+  GET  /                     the page (static/index.html, plain JavaScript, no build step)
+  POST /api/upload           multipart `file` (+ `session` to replace that session's image):
+                             decode, encode once, cache the embedding ->
+                             {session, width, height, decode_ms, encode_ms, notice}
+  POST /api/prompt           {session, points [[x, y], ...], labels [1 | 0, ...],
+                             box [x0, y0, x1, y1] | null, multimask} -> one compiled decoder
+                             call -> {masks: [{png, score}], best, decode_ms}
+  POST /api/everything       {session, points_per_side?}: start the mask generator (202)
+  GET  /api/everything       ?session=: {state, done, total, masks, png (when done)}
+  GET  /api/masks.png        ?session=&index=: mask `index` of the last result as a 0/255 PNG,
+                             or without index all of them as a label map (0 = none, i + 1)
+  GET  /api/masks.json       ?session=&index=: the same masks as COCO RLE annotations
+
+Errors are HTTP 4xx with a one-line `detail`, which the page shows.
+
+Concurrency (the details in app_state.py): every model call runs in a worker thread, so
+the event loop keeps serving during an encode; encodes go one at a time, prompts take no lock,
+"segment everything" runs in its own thread, and sessions live in a bounded LRU.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the handlers' annotations (Request,
+# the pydantic bodies), which are local to create_app.
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from evit_jax.cli import UserError, run
+from evit_jax.sam.app_state import AppError, SamApp, size_text
+
+PROG = "evit-sam-app"
+STATIC = Path(__file__).with_name("static")
+
+
+# ------------------------------------------------------------------------ ASGI wiring
+def create_app(sam: SamApp):
+    """The FastAPI application over `sam` (serve with uvicorn)."""
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import FileResponse, JSONResponse, Response
+    from pydantic import BaseModel
+    from starlette.concurrency import run_in_threadpool
+
+    app = FastAPI(title="EfficientViT-SAM", docs_url=None, redoc_url=None)
+
+    @app.exception_handler(AppError)
+    async def _app_error(request: Request, e: AppError):
+        return JSONResponse({"detail": e.detail}, status_code=e.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_request(request: Request, e: RequestValidationError):
+        first = e.errors()[0] if e.errors() else {}
+        where = ".".join(str(v) for v in first.get("loc", ()) if v != "body")
+        return JSONResponse({"detail": f"bad request: {where}: {first.get('msg', '')}"},
+                            status_code=422)
+
+    class PromptIn(BaseModel):
+        session: str
+        points: list[list[float]] = []
+        labels: list[int] = []
+        box: list[float] | None = None
+        multimask: bool = True
+
+    class EverythingIn(BaseModel):
+        session: str
+        points_per_side: int | None = None
+
+    @app.get("/")
+    async def index():
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.post("/api/upload")
+    async def upload(request: Request):
+        size = request.headers.get("content-length", "")
+        if not size.isdigit():
+            raise AppError(411, "send the upload with a Content-Length")
+        if int(size) > sam.max_upload_bytes + (64 << 10):  # before reading any of it
+            raise AppError(413, f"the upload ({size_text(int(size))}) is more than this app "
+                                f"accepts ({size_text(sam.max_upload_bytes)})")
+        form = await request.form(max_files=1, max_fields=2)
+        up = form.get("file")
+        if up is None or isinstance(up, str):
+            raise AppError(422, "no file in the upload (a multipart field named 'file')")
+        data = await up.read()
+        name = os.path.basename(up.filename or "upload")
+        t0 = time.perf_counter()
+        image, notice = await run_in_threadpool(sam.decode_upload, data, name)
+        decode_ms = 1e3 * (time.perf_counter() - t0)
+        s = sam.session(form.get("session"), create=True)
+        encode_s = await run_in_threadpool(sam.encode, s, image, name)
+        h, w = image.shape[:2]
+        return {"session": s.id, "width": w, "height": h, "name": name, "notice": notice,
+                "decode_ms": round(decode_ms, 1), "encode_ms": round(1e3 * encode_s, 1)}
+
+    @app.post("/api/prompt")
+    async def prompt(body: PromptIn):
+        s = sam.session(body.session)
+        if len(body.labels) != len(body.points):
+            raise AppError(422, f"{len(body.points)} points but {len(body.labels)} labels")
+        return await run_in_threadpool(sam.prompt, s, body.points, body.labels, body.box,
+                                       body.multimask)
+
+    @app.post("/api/everything", status_code=202)
+    async def everything(body: EverythingIn):
+        return sam.start_everything(sam.session(body.session), body.points_per_side).view()
+
+    @app.get("/api/everything")
+    async def everything_progress(session: str):
+        s = sam.session(session)
+        if s.job is None:
+            raise AppError(404, "no segment-everything run in this session")
+        return s.job.view()
+
+    @app.get("/api/masks.png")
+    async def masks_png(session: str, index: int | None = None):
+        data = await run_in_threadpool(sam.download_png, sam.session(session), index)
+        name = "masks.png" if index is None else f"mask{index}.png"
+        return Response(data, media_type="image/png",
+                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+    @app.get("/api/masks.json")
+    async def masks_json(session: str, index: int | None = None):
+        data = await run_in_threadpool(sam.download_json, sam.session(session), index)
+        return Response(json.dumps(data), media_type="application/json", headers={
+            "Content-Disposition": 'attachment; filename="masks.json"'})
+
+    return app
+
+
+# --------------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="A browser demo of EfficientViT-SAM: "
+                                "open an image, click or drag a box, see the mask.")
+    p.add_argument("--model", required=True, help="zoo name, e.g. efficientvit-sam-l0")
+    p.add_argument("--weights", required=True,
+                   help="variables directory written by evit-convert, or the authors' .pt file")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
+    p.add_argument("--max-sessions", type=int, default=8,
+                   help="images (with embeddings) kept at once, least recently used dropped")
+    p.add_argument("--max-upload-mb", type=float, default=20, help="largest upload accepted")
+    p.add_argument("--max-megapixels", type=float, default=16, help="largest image accepted")
+    p.add_argument("--points-per-side", type=int, default=16,
+                   help="segment everything: clicks per side of the grid")
+    p.add_argument("--pred-iou-thresh", type=float, default=0.88,
+                   help="segment everything: keep masks with a predicted IoU above this")
+    p.add_argument("--stability-score-thresh", type=float, default=0.95,
+                   help="segment everything: keep masks at least this stable")
+    return p
+
+
+def load(args: argparse.Namespace) -> SamApp:
+    """The model and weights named on the command line, as a SamApp."""
+    import evit_jax
+
+    if evit_jax.model_info(args.model).task != "sam":  # (an unknown name: its own error)
+        raise UserError(f"{args.model} is not a SAM model; see evit_jax.list_models('*sam*')")
+    if not 1 <= args.port <= 65535:
+        raise UserError(f"--port {args.port}: give 1..65535")
+    model = evit_jax.create_model(args.model)
+    variables = evit_jax.load_variables(args.weights, model=args.model)
+    return SamApp(model, variables, max_sessions=args.max_sessions,
+                  max_upload_bytes=int(args.max_upload_mb * 2**20),
+                  max_pixels=int(args.max_megapixels * 1e6),
+                  points_per_side=args.points_per_side,
+                  generator={"pred_iou_thresh": args.pred_iou_thresh,
+                             "stability_score_thresh": args.stability_score_thresh})
+
+
+def _main(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+    except ImportError:
+        raise UserError("the app needs its extra: pip install 'evit-jax[app]'") from None
+    t0 = time.perf_counter()
+    sam = load(args)
+    print(f"{PROG}: loaded {args.model} in {time.perf_counter() - t0:.1f} s; compiling ...",
+          flush=True)
+    print(f"{PROG}: compiled the encoder, decoder and generator in {sam.warm():.1f} s",
+          flush=True)
+    # uvicorn says "Uvicorn running on http://HOST:PORT" once it listens; no access log.
+    uvicorn.run(create_app(sam), host=args.host, port=args.port, log_level="info",
+                access_log=False)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point (`evit_jax.cli.run`: 0 ok, 1 user error, 2 bad usage)."""
+    return run(PROG, build_parser(), _main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

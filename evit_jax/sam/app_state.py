@@ -1,0 +1,412 @@
+"""The state behind `evit-sam-app` (evit_jax/sam/app.py): sessions, the model calls, the
+masks as overlay PNGs and downloads. No web framework here: `app.create_app` wires these to
+HTTP.
+
+Concurrency: the handlers are `async`; every model call (encode, decode, the generator) and
+every image decode runs in a worker thread (`run_in_threadpool`), and XLA releases the GIL
+while it computes, so the event loop keeps answering (the page, progress polls, other users)
+during a 2-second encode. Encodes go one at a time (`encode_slots`): two at once would share
+the same cores and both finish late, while one after the other gives the first user their
+embedding in half the time. Prompts take no lock at all: a decoder call is short and runs
+beside an encode or a generator batch, so a user's click never waits behind another user's
+upload. "Segment everything" runs in its own thread, one job at a time (`everything_slots`;
+later ones wait, shown as queued), and checks for cancellation between batches of clicks.
+Sessions (one image each: the image, its embedding, the last result) live in a bounded LRU
+(`--max-sessions`); an upload to an evicted session starts a new one.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import secrets
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from evit_jax.cli import UserError, one_line
+from evit_jax.sam import amg_utils as U
+from evit_jax.sam.amg import SamAutomaticMaskGenerator
+from evit_jax.sam.cli import read_image
+from evit_jax.sam.draw import outline, palette
+from evit_jax.sam.predictor import SamPredictor
+
+MAX_CLICKS = 30  # decoder token rows are padded to powers of two: <= 32 tokens, 5 shapes
+PROMPT_RGB = (30, 144, 255)  # the mask overlay of a prompt result
+
+
+class AppError(Exception):
+    """A request the app refuses: HTTP `status` with a one-line `detail`."""
+
+    def __init__(self, status: int, detail: str):
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+# ------------------------------------------------------------------------------- masks
+def mask_png(masks: np.ndarray, colors: np.ndarray, alpha: int = 110) -> str:
+    """Boolean masks `[N, H, W]` -> a base64 palette PNG of their overlay: transparent outside,
+    each mask tinted in its colour (largest drawn first, so small ones stay visible) and
+    outlined opaquely. A palette PNG is a fraction of the size of RGBA and encodes faster."""
+    n = len(masks)
+    idx = np.zeros(masks.shape[1:], np.uint8)
+    order = sorted(range(n), key=lambda i: -int(masks[i].sum()))
+    slot = {i: k % 127 for k, i in enumerate(order)}  # 127 colours: fill k + 1, edge k + 128
+    for i in order:
+        idx[masks[i]] = slot[i] + 1
+    for i in order:
+        idx[outline(masks[i])] = slot[i] + 128
+    pal = np.zeros((256, 3), np.uint8)
+    cols = np.asarray(colors, np.uint8)[order][:127]
+    pal[1:1 + len(cols)] = cols
+    pal[128:128 + len(cols)] = cols
+    alphas = bytes([0] + [alpha] * 127 + [255] * 128)
+    img = _pil().frombytes("P", idx.shape[::-1], idx.tobytes())
+    img.putpalette(pal.ravel().tolist())
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", transparency=alphas, compress_level=1)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def size_text(n: int) -> str:
+    """A byte count for a message: MB, or bytes when small."""
+    return f"{n / 2**20:.1f} MB" if n >= 2**17 else f"{n} bytes"
+
+
+def _pil():
+    from PIL import Image
+    return Image
+
+
+@dataclass
+class Result:
+    """The masks of the last prompt or generator run (uncompressed RLEs: a few KB each) and
+    the image they belong to (its name and `[H, W]`)."""
+
+    kind: str  # "prompt" | "everything"
+    rles: list[dict[str, Any]]
+    scores: list[float]
+    name: str
+    size: tuple[int, int]
+
+    def masks(self, index: int | None) -> tuple[list[int], np.ndarray]:
+        ids = list(range(len(self.rles))) if index is None else [index]
+        if index is not None and not 0 <= index < len(self.rles):
+            raise AppError(404, f"no mask {index}: the last result has {len(self.rles)}")
+        return ids, np.array([U.rle_to_mask(self.rles[i]) for i in ids], bool)
+
+
+@dataclass
+class Job:
+    """A "segment everything" run: progress in clicks, cancelled by a new upload."""
+
+    total: int
+    state: str = "queued"  # queued | running | done | error | cancelled
+    done: int = 0
+    error: str = ""
+    png: str = ""
+    count: int = 0
+    seconds: float = 0.0
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    def view(self) -> dict[str, Any]:
+        out = {"state": self.state, "done": self.done, "total": self.total,
+               "masks": self.count, "seconds": round(self.seconds, 2)}
+        if self.state == "error":
+            out["error"] = self.error
+        if self.state == "done":
+            out["png"] = self.png
+        return out
+
+
+class _Cancelled(Exception):
+    pass
+
+
+class _Encoded(SamPredictor):
+    """A view of a session's predictor for the mask generator: `set_image` of the full image
+    keeps the cached embedding instead of encoding again, and `reset_image` keeps it too
+    (the app runs the generator without crops, so it only ever sees the full image)."""
+
+    def __init__(self, src: SamPredictor):
+        self.__dict__.update(src.__dict__)  # not super().__init__: that resets the state
+
+    def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
+        if tuple(image.shape[:2]) != self.original_size:
+            raise RuntimeError("the app's generator runs without crops")
+
+    def reset_image(self) -> None:
+        pass
+
+
+class _SessionGenerator(SamAutomaticMaskGenerator):
+    """The mask generator on a session's embedding, reporting progress per batch of clicks."""
+
+    def __init__(self, predictor: SamPredictor, job: Job, **kwargs: Any):
+        super().__init__(predictor.model, predictor.variables, crop_n_layers=0,
+                         output_mode="uncompressed_rle", **kwargs)
+        self.predictor = _Encoded(predictor)
+        self.job = job
+
+    def _process_batch(self, points: np.ndarray, *args: Any) -> None:
+        if self.job.cancel.is_set():
+            raise _Cancelled
+        super()._process_batch(points, *args)
+        self.job.done += len(points)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One upload: the image uint8 `[H, W, 3]`, its file name, and the predictor holding its
+    embedding `[1, 64, 64, 256]`. Replaced whole by the next upload, never changed, so a
+    request that took it sees one consistent image."""
+
+    image: np.ndarray
+    name: str
+    predictor: SamPredictor
+
+
+@dataclass
+class Session:
+    id: str
+    current: Encoded | None = None
+    result: Result | None = None
+    job: Job | None = None
+
+    def require(self) -> Encoded:
+        cur = self.current
+        if cur is None:
+            raise AppError(409, "no image in this session yet: open one first")
+        return cur
+
+
+# ----------------------------------------------------------------------------- the app
+class SamApp:
+    """The state behind the endpoints: model, sessions, locks. `create_app` wraps it.
+
+    Args:
+      model, variables: an EfficientViT-SAM model and its variables.
+      max_sessions: sessions kept (LRU); each holds an image, a 4 MB embedding, one result.
+      max_upload_bytes, max_pixels: uploads above these are refused (413).
+      points_per_side: the default grid of "segment everything".
+      generator: more `SamAutomaticMaskGenerator` arguments (e.g. `pred_iou_thresh`).
+    """
+
+    def __init__(self, model: Any, variables: Any, max_sessions: int = 8,
+                 max_upload_bytes: int = 20 << 20, max_pixels: int = 16_000_000,
+                 points_per_side: int = 16, generator: dict[str, Any] | None = None):
+        import jax
+        if max_sessions < 1:
+            raise UserError(f"--max-sessions must be >= 1, got {max_sessions}")
+        self.model = model
+        self.variables = jax.device_put(variables)
+        self.max_sessions = max_sessions
+        self.max_upload_bytes = max_upload_bytes
+        self.max_pixels = max_pixels
+        self.points_per_side = points_per_side
+        self.generator = dict(generator or {})
+        self.sessions: OrderedDict[str, Session] = OrderedDict()
+        self.lock = threading.Lock()  # guards `sessions` (touched from threads and the loop)
+        self.encode_slots = threading.Semaphore(1)
+        self.everything_slots = threading.Semaphore(1)
+
+    # ------------------------------------------------------------------- sessions (LRU)
+    def session(self, sid: str | None, create: bool = False) -> Session:
+        with self.lock:
+            s = self.sessions.get(sid or "")
+            if s is not None:
+                self.sessions.move_to_end(s.id)
+                return s
+            if not create:
+                raise AppError(404, "unknown or expired session: open the image again")
+            s = Session(secrets.token_urlsafe(12))
+            self.sessions[s.id] = s
+            while len(self.sessions) > self.max_sessions:
+                _, old = self.sessions.popitem(last=False)
+                if old.job is not None:
+                    old.job.cancel.set()
+            return s
+
+    # ------------------------------------------------------------------------- warm-up
+    def warm(self, prompts: Sequence[tuple[int, bool]] = ((1, True), (1, False), (3, True),
+                                                          (3, False)),
+             everything: bool = True) -> float:
+        """Compile before the first user: the encoder, the decoder for the prompt shapes of
+        `prompts` ((clicks, multimask): 1 click, and 3 clicks or a box + 1 click, are the two
+        smallest token shapes) and the generator's batch. Returns seconds."""
+        t0 = time.perf_counter()
+        image = np.zeros((64, 64, 3), np.uint8)
+        p = SamPredictor(self.model, self.variables)
+        p.set_image(image)
+        for clicks, multimask in prompts:
+            p.predict(np.full((clicks, 2), 8.0), np.ones(clicks), multimask_output=multimask)
+        if everything:
+            job = Job(total=0)
+            gen = _SessionGenerator(p, job, points_per_side=8,
+                                    **{"points_per_batch": 64, **self.generator})
+            gen.generate(image)
+        return time.perf_counter() - t0
+
+    # ------------------------------------------------------------------------- upload
+    def decode_upload(self, data: bytes, name: str) -> tuple[np.ndarray, str]:
+        """Upload bytes -> uint8 RGB `[H, W, 3]` and a notice ("" or what was converted),
+        through `evit-segment`'s reader (16-bit scaling, decompression-bomb guard)."""
+        if not data:
+            raise AppError(422, f"{name}: the file is empty")
+        if len(data) > self.max_upload_bytes:
+            raise AppError(413, f"{name}: {size_text(len(data))} is more than this app accepts "
+                                f"({size_text(self.max_upload_bytes)})")
+        Image = _pil()
+        with tempfile.TemporaryDirectory(prefix="evit-sam-app-") as d:
+            path = Path(d) / "upload"
+            path.write_bytes(data)
+            notice = ""
+            try:  # the header only: refuse big images before decoding them
+                with Image.open(path) as im:
+                    (w, h), mode = im.size, im.mode
+                if w * h > self.max_pixels:
+                    raise AppError(413, f"{name}: {w}x{h} pixels is more than this app "
+                                        f"accepts ({self.max_pixels / 1e6:.0f} Mpx); "
+                                        "downscale the image")
+                if mode.startswith("I;16") or mode == "I":
+                    notice = f"{name}: {mode} pixels (16-bit grey) scaled to 8 bits"
+            except AppError:
+                raise
+            except Exception:  # not readable: the reader below says why, in its words
+                pass
+            try:
+                image = read_image(path)
+            except UserError as e:
+                msg = one_line(e).replace(str(path), name)
+                status = (415 if "not an image" in msg else  # the reader's words, tested
+                          413 if "too many pixels" in msg else 422)
+                raise AppError(status, msg) from None
+        return image, notice
+
+    def encode(self, s: Session, image: np.ndarray, name: str) -> float:
+        """Encode `image` into session `s` (one encode at a time); returns seconds."""
+        with self.encode_slots:
+            t0 = time.perf_counter()
+            p = SamPredictor(self.model, self.variables)
+            p.set_image(image)
+            p.features.block_until_ready()
+            seconds = time.perf_counter() - t0
+        if s.job is not None:
+            s.job.cancel.set()
+        # One assignment: a prompt running now keeps the image and embedding it started with.
+        s.current, s.result, s.job = Encoded(image, name, p), None, None
+        return seconds
+
+    # ------------------------------------------------------------------------- prompt
+    def prompt(self, s: Session, points: list[list[float]], labels: list[int],
+               box: list[float] | None, multimask: bool) -> dict[str, Any]:
+        """One decoder call for one prompt; the masks as overlay PNGs with their IoUs."""
+        cur = s.require()
+        p = cur.predictor
+        if not points and box is None:
+            raise AppError(422, "give at least one click or a box")
+        if any(len(xy) != 2 for xy in points):
+            raise AppError(422, "points must be [x, y] pairs in image pixels")
+        if len(points) > MAX_CLICKS:
+            raise AppError(422, f"{len(points)} clicks: at most {MAX_CLICKS} per prompt")
+        t0 = time.perf_counter()
+        try:
+            masks, iou, _ = p.predict(np.asarray(points, np.float64) if points else None,
+                                      np.asarray(labels) if points else None,
+                                      None if box is None else np.asarray(box, np.float64),
+                                      multimask_output=multimask)
+        except ValueError as e:  # prompts outside the image, bad labels, ...
+            raise AppError(422, one_line(e)) from None
+        decode_ms = 1e3 * (time.perf_counter() - t0)
+        if s.current is cur:  # not if a new upload replaced the image meanwhile
+            s.result = Result("prompt", [U.mask_to_rle(m) for m in masks],
+                              [float(v) for v in iou], cur.name, p.original_size)
+        color = np.array([PROMPT_RGB])
+        return {"masks": [{"png": mask_png(m[None], color), "score": float(v),
+                           "area": int(m.sum())} for m, v in zip(masks, iou)],
+                "best": int(np.argmax(iou)), "decode_ms": round(decode_ms, 1),
+                "points": np.asarray(points, float).tolist(), "box": box}
+
+    # --------------------------------------------------------------------- everything
+    def start_everything(self, s: Session, points_per_side: int | None) -> Job:
+        cur = s.require()
+        n = points_per_side or self.points_per_side
+        if not 2 <= n <= 64:
+            raise AppError(422, f"points_per_side must be in 2..64, got {n}")
+        if s.job is not None and s.job.state in ("queued", "running"):
+            return s.job
+        job = Job(total=n * n)
+        s.job = job
+        threading.Thread(target=self._everything, args=(s, cur, job, n),
+                         daemon=True, name=f"everything-{s.id}").start()
+        return job
+
+    def _everything(self, s: Session, cur: Encoded, job: Job, n: int) -> None:
+        image = cur.image
+        with self.everything_slots:
+            t0 = time.perf_counter()
+            job.state = "running"
+            try:
+                gen = _SessionGenerator(cur.predictor, job, points_per_side=n,
+                                        **{"points_per_batch": 64, **self.generator})
+                records = gen.generate(image)
+                rles = [r["segmentation"] for r in records]
+                masks = np.array([U.rle_to_mask(r) for r in rles], bool).reshape(
+                    -1, *image.shape[:2])
+                job.png = mask_png(masks, palette(len(masks))) if len(masks) else ""
+                job.count = len(masks)
+                if s.job is job:  # not replaced by a new upload meanwhile
+                    s.result = Result("everything", rles,
+                                      [float(r["predicted_iou"]) for r in records], cur.name,
+                                      tuple(image.shape[:2]))
+                job.state = "done"
+            except _Cancelled:
+                job.state = "cancelled"
+            except Exception as e:  # shown in the page; the server goes on
+                job.error, job.state = one_line(e), "error"
+            job.seconds = time.perf_counter() - t0
+
+    # ---------------------------------------------------------------------- downloads
+    def download_png(self, s: Session, index: int | None) -> bytes:
+        r = self._result(s)
+        ids, masks = r.masks(index)
+        h, w = r.size
+        if index is not None:
+            out = masks[0].astype(np.uint8) * 255
+        else:  # label map: larger masks first so smaller ones stay visible
+            out = np.zeros((h, w), np.uint16 if len(ids) > 255 else np.uint8)
+            for i in sorted(range(len(ids)), key=lambda i: -int(masks[i].sum())):
+                out[masks[i]] = i + 1
+        buf = io.BytesIO()
+        _pil().fromarray(out).save(buf, format="PNG")
+        return buf.getvalue()
+
+    def download_json(self, s: Session, index: int | None) -> dict[str, Any]:
+        r = self._result(s)
+        ids = list(range(len(r.rles))) if index is None else r.masks(index)[0]
+        h, w = r.size
+        anns = []
+        for k, i in enumerate(ids):
+            rle = r.rles[i]
+            m = U.rle_to_mask(rle)
+            ys, xs = np.nonzero(m)
+            bbox = ([int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1),
+                     int(ys.max() - ys.min() + 1)] if xs.size else [0, 0, 0, 0])
+            anns.append({"id": k + 1, "image_id": 1, "segmentation": U.coco_encode_rle(rle),
+                         "area": U.area_from_rle(rle), "bbox": bbox,
+                         "score": r.scores[i], "index": i})
+        return {"images": [{"id": 1, "file_name": r.name, "width": w, "height": h}],
+                "annotations": anns, "source": r.kind}
+
+    @staticmethod
+    def _result(s: Session) -> Result:
+        if s.result is None:
+            raise AppError(404, "no masks yet: click the image or segment everything first")
+        return s.result
