@@ -43,8 +43,8 @@ TASKS = ("sam", "sam_distill")
 
 
 def head_overrides(model: str, encoder_size: int = 0, grid: int = 0) -> dict[str, Any]:
-    """`create_model` options for a SAM zoo model at another encoder input size or
-    embedding grid (0 = the model's own); {} when nothing changes."""
+    """Module fields of a SAM zoo model at another encoder input size or embedding grid
+    (0 = the model's own): {"head_cfg": ...}, or {} when nothing changes."""
     spec = model_info(model)
     if spec.task != "sam":
         raise ValueError(f"the SAM tasks need an EfficientViT-SAM model "
@@ -57,12 +57,15 @@ def head_overrides(model: str, encoder_size: int = 0, grid: int = 0) -> dict[str
         head, encoder_size=size, decoder=dataclasses.replace(head.decoder, grid=g))}
 
 
+def sam_model(name: str, encoder_size: int = 0, grid: int = 0, **kw: Any) -> Any:
+    """`create_model(name, **kw)` with another encoder input size / embedding grid."""
+    return create_model(name, **kw).clone(**head_overrides(name, encoder_size, grid))
+
+
 def build_model(config: Any) -> Any:
     """The SAM module of a config (with its reduced sizes, if any)."""
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.dtype]
-    return create_model(config.model, dtype=dtype,
-                        **head_overrides(config.model, config.input.encoder_size,
-                                         config.sam.grid))
+    return sam_model(config.model, config.input.encoder_size, config.sam.grid, dtype=dtype)
 
 
 def model_from_run(name: str, run: dict[str, Any]) -> Any:
@@ -71,7 +74,7 @@ def model_from_run(name: str, run: dict[str, Any]) -> Any:
     cfg = run.get("config", {}) if run.get("task") in TASKS else {}
     size = int(cfg.get("input", {}).get("encoder_size", 0) or 0)
     grid = int(cfg.get("sam", {}).get("grid", 0) or 0)
-    return create_model(name, **head_overrides(name, size, grid))
+    return sam_model(name, size, grid)
 
 
 def load_sam(workdir: str) -> tuple[Any, dict]:
@@ -120,7 +123,7 @@ def sam_loss(config: Any, model: Any, variables: dict, batch: dict, key: Array,
         emb, batch["coords"], batch["labels"])  # [B, M, 4, L, L], [B, M, 4]
     target = batch["masks"].astype(jnp.float32)  # [B, M, S, S]
     b, m = target.shape[:2]
-    keys = jax.random.split(k_pts, b * m).reshape(b, m, -1)
+    keys = jax.random.split(k_pts, (b, m))
     loss, ious = jax.vmap(jax.vmap(lambda k, lo, t: _per_mask_losses(config, k, lo, t)))(
         keys, low, target)  # [B, M, 4] each
     # Multimask step: the best of outputs 1..3 per prompt; else output 0 (segment-anything's
@@ -211,8 +214,7 @@ def load_teacher(config: Any) -> tuple[Any, dict] | None:
         raise ValueError("task 'sam_distill' needs distill.teacher_dir (a directory of "
                          "<image_id>.npy embeddings) or distill.teacher_model (+ weights)")
     import evit_jax
-    teacher = create_model(d.teacher_model, **head_overrides(d.teacher_model,
-                                                             d.teacher_size))
+    teacher = sam_model(d.teacher_model, d.teacher_size)
     if d.teacher_weights:
         variables = evit_jax.load_variables(d.teacher_weights, model=d.teacher_model)
     else:  # a random teacher: only for tests of the machinery
