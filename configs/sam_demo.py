@@ -18,7 +18,7 @@ except ImportError:
 
 
 def get_config(arg: str | None = None):
-    a = common.parse_arg(arg, steps=600, size=64, grid=16, batch_size=8, lr=1e-3, points=0,
+    a = common.parse_arg(arg, steps=100, size=64, grid=16, batch_size=8, lr=1e-3, points=0,
                          masks=2, tiny=False, runlocal=False)
     c = sam_common.sam_base("efficientvit-sam-l0")
     c.data.name = "evit_shapes/tiny" if a.tiny else "evit_shapes"

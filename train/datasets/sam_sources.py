@@ -9,6 +9,7 @@ XYWH and `area`. `data.name` selects the source:
 
 - `evit_shapes` / `evit_shapes/tiny`: the embedded dataset; its per-pixel labels become one
   object per connected region (the same objects `evit-sam-eval --dataset evit_shapes` scores);
+  image ids: the index for validation images (as evit-sam-eval), 1000000 + index for train;
 - `coco:IMAGE_ROOT`: a COCO-format instance json (`data.annotations`) with its images under
   IMAGE_ROOT (your own annotations: CVAT / labelme exports in COCO format); the held-out split
   is `data.eval_annotations`, or, when that is empty, the last 1 % of the images;
@@ -32,6 +33,7 @@ from PIL import Image
 from evit_jax.sam.eval.data import EvalImage, gt_mask, image_file, shapes_instances
 
 TRAIN_FRACTION = 0.99  # the authors' SA-1B id split
+SHAPES_TRAIN_ID_OFFSET = 1_000_000  # distinct ids for the two splits (teacher .npy names)
 
 
 def _load_rgb(path: str) -> np.ndarray:
@@ -55,13 +57,14 @@ class ShapesSource:
     def __init__(self, split: str, config: str = "default", data_dir: str | None = None):
         from .builder import load_split
         self.src = load_split(split, config, data_dir)
+        self.id_offset = SHAPES_TRAIN_ID_OFFSET if split == "train" else 0
 
     def __len__(self) -> int:
         return len(self.src)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         ex = self.src[int(i)]
-        return {"image": np.asarray(ex["image"]), "image_id": int(i),
+        return {"image": np.asarray(ex["image"]), "image_id": self.id_offset + int(i),
                 "anns": shapes_instances(np.asarray(ex["mask"])[..., 0])}
 
 
