@@ -1,6 +1,6 @@
 """EfficientViT-SAM phase 2 at scale: end to end on SA-1B, the authors' recipe.
 
-`--config configs/sam_sa1b.py:model=efficientvit-sam-xl1,root=/data/sa1b,weights=/ckpt/xl1-distilled`
+`--config configs/sam_sa1b.py:model=efficientvit-sam-xl1,root=/data/sa1b,weights=/ckpt/xl1`
 
 2 SA-1B epochs over the 99 % train split (the authors' 80 sub-epochs of 1/40 epoch each),
 64 masks per image, image size 512 (L) / 1024 (XL), global batch `batch_size` (the authors:

@@ -9,7 +9,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from evit_jax.train import sam_losses as L
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,8 +61,9 @@ def _batch(config, n_img=2, m=3):
 
 
 def test_multimask_step_backprops_only_the_best_output():
-    from configs import sam_common
     from evit_jax.train import sam_task
+
+    from configs import sam_common
     c = sam_common.runlocal(sam_common.sam_base())
     model = sam_task.build_model(c)
     import evit_jax
@@ -111,8 +111,10 @@ def test_sam_step_reduces_the_loss():
     fixed batch at a 32 px encoder input: 12 steps cut the loss (measured: mean of the
     first three 14.49, of the last three 12.45; the run is deterministic). Most of its
     time is compiling L0's forward and backward pass (~1 min on an idle 2-core CPU)."""
+    from evit_jax.train import optim, trainer
+    from evit_jax.train import state as S
+
     from configs import sam_common
-    from evit_jax.train import optim, state as S, trainer
     c = sam_common.runlocal(sam_common.sam_base())
     c.input.encoder_size, c.sam.grid, c.sam.loss_points = 32, 8, 64
     c.lr, c.total_steps, c.weight_decay = 1e-3, 12, 0.0
@@ -151,7 +153,7 @@ def train_losses(workdir):
     return [r["loss"] for r in rows if r.get("split") == "train"]
 
 
-def assert_resume_is_exact(tmp_path, config, workdir, *extra, steps=4):
+def assert_resume_is_exact(tmp_path, config, workdir, *extra, steps=4, shapes_dir=None):
     """Run `steps` (checkpoints every 2), then drop the last checkpoint and rerun: the
     resumed run ends on the same weights."""
     import shutil
@@ -160,7 +162,7 @@ def assert_resume_is_exact(tmp_path, config, workdir, *extra, steps=4):
     again = tmp_path / "resumed"
     shutil.copytree(workdir, again)
     shutil.rmtree(again / "checkpoints" / str(steps))
-    run_train(tmp_path, config, again, *extra)
+    run_train(tmp_path, config, again, *extra, shapes_dir=shapes_dir)
     a, b = (load_inference_variables(w, step=steps) for w in (workdir, again))
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(x, y)
@@ -176,6 +178,7 @@ DISTILL = ("--config.total_steps=4", "--config.checkpoint_every_steps=2",
 def test_distill_loss_drops_and_resume_is_exact(tmp_path, teacher):
     """Both teacher forms on 5 + 1 tiny COCO-format images, 4 steps at a 64 px input."""
     from evit_jax.train.datasets.sam_sources import CocoSource
+
     from tests.test_sam_train_data import write_coco
     ann = write_coco(str(tmp_path / "coco"), n=6)
     arg = f"data=coco:{tmp_path / 'coco'},annotations={ann},size=64"
@@ -197,3 +200,36 @@ def test_distill_loss_drops_and_resume_is_exact(tmp_path, teacher):
     res = json.load(open(wd / "eval_results.json"))
     assert set(res) == {"step", "mse"} and res["step"] == 4 and res["mse"] > 0
     assert_resume_is_exact(tmp_path, f"configs/sam_distill.py:{arg}", wd, *DISTILL)
+
+
+@pytest.mark.slow
+def test_sam_demo_reduced_run_learns_and_serves(tmp_path, shapes_dir):
+    """`configs/sam_demo.py:tiny`, 40 steps from init_variables weights: the held-out box
+    mIoU rises well above the untrained model's; `load_sam(workdir)` + `SamPredictor` and
+    `evit-sam-eval --weights WORKDIR` reproduce the trainer's figure; resume is exact."""
+    from evit_jax.train import sam_task
+    from evit_jax.train.datasets.sam_sources import eval_images, open_sam_source
+
+    import evit_jax
+    from configs import sam_demo
+    from evit_jax.sam.eval import cli
+    extra = ("--config.data.eval_examples=20", "--config.checkpoint_every_steps=20")
+    wd = tmp_path / "wd"
+    run_train(tmp_path, "configs/sam_demo.py:tiny,steps=40", wd, *extra,
+              shapes_dir=shapes_dir)
+    res = json.load(open(wd / "eval_results.json"))
+    assert set(res) == {"step", "miou"} and res["step"] == 40
+    model, variables = sam_task.load_sam(str(wd))
+    assert model.head_cfg.encoder_size == 64 and model.head_cfg.decoder.grid == 16
+    c = sam_demo.get_config("tiny")
+    c.data.data_dir = shapes_dir
+    ims = eval_images(open_sam_source(c.data, "validation"), 20)
+    untrained = sam_task.SamEvaluator(model).run(evit_jax.init_variables(model, 0), ims)
+    assert res["miou"] >= untrained["miou"] + 20, (res, untrained)
+    out = tmp_path / "m.json"
+    assert cli.main(["--model", "efficientvit-sam-l0", "--weights", str(wd), "--dataset",
+                     "evit_shapes/tiny", "--data-dir", shapes_dir, "--prompt", "box",
+                     "--limit", "20", "--out", str(out), "--no-progress"]) == 0
+    assert json.load(open(out))["all"] == pytest.approx(res["miou"], abs=1e-6)
+    assert_resume_is_exact(tmp_path, "configs/sam_demo.py:tiny,steps=40", wd, *extra,
+                           steps=40, shapes_dir=shapes_dir)

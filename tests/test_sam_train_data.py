@@ -5,11 +5,11 @@ import os
 
 import numpy as np
 import pytest
+from evit_jax.train.datasets import sam as S
+from evit_jax.train.datasets import sam_sources as src
 from PIL import Image
 
 from evit_jax.sam.prompt_encoder import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, NOT_A_POINT, PAD
-from evit_jax.train.datasets import sam as S
-from evit_jax.train.datasets import sam_sources as src
 
 
 def _cfg(**sam):
