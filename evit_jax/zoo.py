@@ -23,11 +23,11 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from evit_jax.models.backbone import BackboneConfig
 from evit_jax.models.cls import EfficientViTCls
 from evit_jax.models.heads import ClsHeadConfig, SegHeadConfig
+from evit_jax.models.sam import EfficientViTSam, SamConfig
 from evit_jax.models.seg import EfficientViTSeg
 from evit_jax.models.sr import EfficientViTSR, SRBodyConfig, SRHeadConfig
 from evit_jax.nn.conv import with_folded_bn
 from evit_jax.nn.init import recording
-from evit_jax.sam.model import EfficientViTSam, SamConfig
 
 _L = dict(family="l", dim=32, act="gelu")
 _XL = dict(family="l", dim=32, act="gelu",

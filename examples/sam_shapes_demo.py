@@ -28,8 +28,8 @@ import optax
 from PIL import Image, ImageDraw
 
 import evit_jax
+from evit_jax.models.sam.prompt_encoder import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, NOT_A_POINT, PAD
 from evit_jax.sam.predictor import encode
-from evit_jax.sam.prompt_encoder import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, NOT_A_POINT, PAD
 from evit_jax.sam.transforms import preprocess, preprocess_shape
 from evit_jax.zoo import init_variables
 

@@ -11,10 +11,10 @@ import pytest
 import evit_jax
 from evit_jax.convert import CheckpointMismatchError
 from evit_jax.convert.keymap import _torch_to_flax_kernel
-from evit_jax.sam import EfficientViTSam
-from evit_jax.sam.mask_decoder import ConvTranspose2x2
-from evit_jax.sam.prompt_encoder import PatchConv, PositionEmbeddingRandom
-from evit_jax.sam.transformer import Attention
+from evit_jax.models.sam import EfficientViTSam
+from evit_jax.models.sam.mask_decoder import ConvTranspose2x2
+from evit_jax.models.sam.prompt_encoder import PatchConv, PositionEmbeddingRandom
+from evit_jax.models.sam.transformer import Attention
 from evit_jax.sam.transforms import postprocess_matrices, preprocess, preprocess_shape
 from evit_jax.zoo import abstract_variables
 from tests.sam_helpers import rel_l2, sam_case

@@ -39,6 +39,7 @@ import numpy as np
 from evit_jax.cli import UserError, write_atomic
 from evit_jax.fuse import fuse_bn
 from evit_jax.nn.depthwise import depthwise_impl
+from evit_jax.nn.forms import export_forms
 from evit_jax.zoo import create_model, model_info
 
 DTYPES = {"float32": jnp.float32, "float16": jnp.float16}
@@ -173,8 +174,9 @@ def onnx_program(name: str, variables: Any, resolution: tuple[int, int] | None =
 def to_onnx(program: OnnxProgram, opset: int = 17, model_name: str = "evit") -> Any:
     """Convert an `OnnxProgram` with jax2onnx -> `onnx.ModelProto`.
 
-    The portable depthwise convolution (`lax`: one grouped Conv node) is traced, never the
-    native kernels (process-local custom calls).
+    Every convolution is traced as one Conv node (the depthwise ones grouped, `lax`) and
+    the attention as channel-major MatMuls (`export_forms`), never the native kernels
+    (process-local custom calls).
     """
     # jax2onnx imports its example plugins eagerly and logs a traceback for each one whose
     # optional dependency (equinox, dm_pix) is absent; none of them is used here.
@@ -194,7 +196,7 @@ def to_onnx(program: OnnxProgram, opset: int = 17, model_name: str = "evit") -> 
     JnpEinsumPlugin.binding_specs = classmethod(lambda cls: [])
     jnp.einsum = _einsum_as_matmul
     try:
-        with depthwise_impl("lax"):
+        with depthwise_impl("lax"), export_forms():
             proto = j2o(lambda *a: program.fn(*a), specs, model_name=model_name,
                         opset=opset, input_names=list(program.input_names),
                         output_names=list(program.output_names))

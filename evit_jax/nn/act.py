@@ -7,6 +7,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from evit_jax.nn.forms import exporting
+
 Array = jax.Array
 
 
@@ -15,7 +17,11 @@ def _relu6(x: Array) -> Array:
 
 
 def _hswish(x: Array) -> Array:
-    # x * relu6(x + 3) / 6, the reference's Hardswish.
+    if exporting():
+        # jax2onnx replaces `jax.nn.hard_swish` while tracing with one HardSwish node,
+        # which ONNX Runtime fuses into the preceding Conv; it rounds as x * (r / 6).
+        return jax.nn.hard_swish(x)
+    # x * relu6(x + 3) / 6, rounded as the reference's Hardswish.
     return x * jnp.clip(x + 3, 0, 6) / 6
 
 

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from evit_jax.nn.blocks import MBConv, ResidualBlock
 from evit_jax.nn.conv import Conv2d, ConvLayer
+from evit_jax.nn.forms import exporting
 
 Array = jax.Array
 
@@ -28,6 +29,8 @@ def relu_linear_attention(qkv: Array, dim: int, eps: float) -> Array:
     """
     b, h, w, c = qkv.shape
     heads = c // (3 * dim)
+    if exporting():
+        return _channel_major_attention(qkv, dim, eps)
     t = qkv.astype(jnp.float32).reshape(b, h * w, heads, 3, dim)
     q = jax.nn.relu(t[:, :, :, 0])
     k = jax.nn.relu(t[:, :, :, 1])
@@ -38,6 +41,28 @@ def relu_linear_attention(qkv: Array, dim: int, eps: float) -> Array:
     den = jnp.einsum("bnhd,bhd->bnh", q, k.sum(1), precision=hi)   # [B, N, heads]
     out = num / (den[..., None] + eps)
     return out.reshape(b, h, w, heads * dim)
+
+
+def _channel_major_attention(qkv: Array, dim: int, eps: float) -> Array:
+    """`relu_linear_attention` on `[B, heads, 3d, N]`, the form exporters get (`export_forms`).
+
+    Exporters emit its contractions as batched MatMul nodes (the token-major einsums above
+    become ONNX Einsum nodes, which ONNX Runtime runs 2-3x slower), and in the exported
+    NCHW graph its transpose to channel-major cancels against the layout transpose the
+    runtime inserts. XLA runs the einsum form at least as fast, hence two forms.
+    """
+    b, h, w, c = qkv.shape
+    heads = c // (3 * dim)
+    t = jnp.transpose(qkv.astype(jnp.float32), (0, 3, 1, 2)).reshape(b, heads, 3 * dim, h * w)
+    q = jax.nn.relu(t[:, :, :dim])
+    k = jax.nn.relu(t[:, :, dim:2 * dim])
+    v = t[:, :, 2 * dim:]
+    hi = jax.lax.Precision.HIGHEST
+    vk = jnp.matmul(v, jnp.swapaxes(k, -1, -2), precision=hi)                # [B, heads, d, d]
+    num = jnp.matmul(vk, q, precision=hi)                                      # [B, heads, d, N]
+    den = jnp.matmul(jnp.sum(k, axis=3)[:, :, None], q, precision=hi)          # [B, heads, 1, N]
+    out = (num / (den + eps)).reshape(b, heads * dim, h, w)
+    return jnp.transpose(out, (0, 2, 3, 1))
 
 
 class LiteMLA(nn.Module):

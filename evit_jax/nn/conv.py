@@ -26,6 +26,7 @@ from evit_jax.nn.depthwise import (
     fuses_natively,
     pointwise,
 )
+from evit_jax.nn.forms import exporting
 from evit_jax.nn.init import TRUNC_NORMAL_002, ZEROS, Init, declare_param
 from evit_jax.nn.norm import bn_affine, make_norm
 
@@ -38,7 +39,8 @@ class Conv2d(nn.Module):
     Params: `kernel` `[k, k, C_in / groups, C_out]` (HWIO), `bias` `[C_out]` (`use_bias`).
     Dispatches to the cheapest exact formulation: a matmul for 1x1 (grouped ones included:
     XLA:CPU's grouped convolutions are slow), `depthwise_conv2d` when groups == C_in ==
-    C_out, and `lax.conv_general_dilated` otherwise.
+    C_out, and `lax.conv_general_dilated` otherwise (and for every convolution under
+    `nn.forms.export_forms`).
     """
 
     features: int
@@ -72,7 +74,7 @@ def conv2d(x: Array, kernel: Array, stride: int = 1, groups: int = 1) -> Array:
     f32 = jnp.float32
     if g == cin == cout and not (k == 1 and stride == 1):
         return depthwise_conv2d(x, kernel, stride, k // 2).astype(f32)
-    if k == 1 and stride == 1:
+    if k == 1 and stride == 1 and not exporting():
         if g == 1:
             return pointwise(x, kernel)
         xg = x.reshape(*x.shape[:-1], g, cin // g)

@@ -15,9 +15,9 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from evit_jax.models.sam.prompt_encoder import NOT_A_POINT, POSITIVE
 from evit_jax.sam import amg_utils as U
 from evit_jax.sam.predictor import MASK_THRESHOLD, SamPredictor, decode_low_res, upscale
-from evit_jax.sam.prompt_encoder import NOT_A_POINT, POSITIVE
 from evit_jax.sam.prompts import bucket
 from evit_jax.sam.transforms import check_image
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from evit_jax.sam.prompt_encoder import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, NOT_A_POINT, PAD
+from evit_jax.models.sam.prompt_encoder import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, NOT_A_POINT, PAD
 
 
 def bucket(n: int, minimum: int = 1) -> int:

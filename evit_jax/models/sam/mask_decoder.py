@@ -14,11 +14,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from evit_jax.models.sam.config import SamDecoderConfig
+from evit_jax.models.sam.prompt_encoder import Embedding
+from evit_jax.models.sam.transformer import TwoWayTransformer
 from evit_jax.nn import LayerNorm
 from evit_jax.nn.conv import Dense
 from evit_jax.nn.init import TRUNC_NORMAL_002, ZEROS, declare_param
-from evit_jax.sam.prompt_encoder import Embedding
-from evit_jax.sam.transformer import TwoWayTransformer
 
 Array = jax.Array
 
@@ -71,34 +72,29 @@ class MaskDecoder(nn.Module):
     """Image embedding + prompt tokens -> low-res mask logits and predicted IoUs.
 
     Attributes:
-      transformer_dim: channels (256).
-      num_multimask_outputs: masks of the multimask output (3); there is one more mask
-        token for the single-mask output.
-      iou_head_depth, iou_head_hidden_dim: the IoU MLP.
-      depth, num_heads, mlp_dim, attention_downsample_rate: the two-way transformer.
+      cfg: the decoder's settings: `embed_dim` channels (256); `num_multimask_outputs`
+        masks of the multimask output (3; there is one more mask token for the single-mask
+        output); `iou_head_depth`, `iou_head_hidden_dim` of the IoU MLP; the two-way
+        transformer's `transformer_depth`, `transformer_heads`, `transformer_mlp_dim`,
+        `attention_downsample_rate`.
       norm_eps: eps of the transformer's LayerNorms (the zoo's; the upscaler's LayerNorm2d
         keeps segment-anything's 1e-6).
     """
 
-    transformer_dim: int = 256
-    num_multimask_outputs: int = 3
-    iou_head_depth: int = 3
-    iou_head_hidden_dim: int = 256
-    depth: int = 2
-    num_heads: int = 8
-    mlp_dim: int = 2048
-    attention_downsample_rate: int = 2
+    cfg: SamDecoderConfig = SamDecoderConfig()
     norm_eps: float = 1e-6
     dtype: Any = jnp.float32
 
     @property
     def num_mask_tokens(self) -> int:
-        return self.num_multimask_outputs + 1
+        return self.cfg.num_multimask_outputs + 1
 
     def setup(self):
-        d, dt = self.transformer_dim, self.dtype
-        self.transformer = TwoWayTransformer(self.depth, d, self.num_heads, self.mlp_dim,
-                                             self.attention_downsample_rate, self.norm_eps, dt)
+        cfg, dt = self.cfg, self.dtype
+        d = cfg.embed_dim
+        self.transformer = TwoWayTransformer(cfg.transformer_depth, d, cfg.transformer_heads,
+                                             cfg.transformer_mlp_dim,
+                                             cfg.attention_downsample_rate, self.norm_eps, dt)
         self.iou_token = Embedding(1, d)
         self.mask_tokens = Embedding(self.num_mask_tokens, d)
         # Names follow the reference's nn.Sequential indices (GELUs at 2 and 4).
@@ -107,8 +103,8 @@ class MaskDecoder(nn.Module):
         self.output_upscaling_3 = ConvTranspose2x2(d // 8, dt)
         self.output_hypernetworks_mlps = [MLP(d, d // 8, 3, dt)
                                           for _ in range(self.num_mask_tokens)]
-        self.iou_prediction_head = MLP(self.iou_head_hidden_dim, self.num_mask_tokens,
-                                       self.iou_head_depth, dt)
+        self.iou_prediction_head = MLP(cfg.iou_head_hidden_dim, self.num_mask_tokens,
+                                       cfg.iou_head_depth, dt)
 
     def __call__(self, image_embeddings: Array, image_pe: Array, sparse: Array, dense_: Array,
                  token_mask: Array | None = None) -> tuple[Array, Array]:
