@@ -9,7 +9,7 @@ from evit_jax.train.datasets import sam as S
 from evit_jax.train.datasets import sam_sources as src
 from PIL import Image
 
-from evit_jax.sam.prompt_encoder import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, NOT_A_POINT, PAD
+from evit_jax.models.sam.prompt_encoder import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, NOT_A_POINT, PAD
 
 
 def _cfg(**sam):

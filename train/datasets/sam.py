@@ -32,7 +32,7 @@ import grain
 import numpy as np
 from PIL import Image
 
-from evit_jax.sam.prompt_encoder import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, NOT_A_POINT, PAD
+from evit_jax.models.sam.prompt_encoder import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, NOT_A_POINT, PAD
 from evit_jax.sam.transforms import preprocess, preprocess_shape
 
 from .sam_sources import eval_images, gt_mask, open_sam_source
