@@ -233,3 +233,17 @@ def test_sam_demo_reduced_run_learns_and_serves(tmp_path, shapes_dir):
     assert json.load(open(out))["all"] == pytest.approx(res["miou"], abs=1e-6)
     assert_resume_is_exact(tmp_path, "configs/sam_demo.py:tiny,steps=40", wd, *extra,
                            steps=40, shapes_dir=shapes_dir)
+
+
+def test_sam_recipes_follow_the_authors():
+    from configs import sam_distill, sam_finetune, sam_sa1b
+    xl = sam_sa1b.get_config("model=efficientvit-sam-xl1,root=/d,batch_size=128")
+    assert xl.lr == pytest.approx(4e-7 * 32) and xl.warmup_steps == 0
+    assert xl.total_steps == int(2 * 11_185_362 * 0.99 / 128) and xl.data.name == "sa1b:/d"
+    assert (xl.weight_decay, xl.grad_clip_value, xl.ema_decay) == (0.1, 2.0, 0.0)
+    assert (xl.sam.num_masks, xl.sam.box_prob, xl.sam.multimask_prob) == (64, 0.5, 0.5)
+    assert (xl.sam.loss_points, xl.sam.oversample, xl.sam.importance) == (112 ** 2, 3.0, 0.75)
+    ft = sam_finetune.get_config("weights=/w,data=coco:/im,annotations=/a.json,batch_size=8")
+    assert ft.init_from == "/w" and ft.lr == pytest.approx(8e-7 * 2)
+    d = sam_distill.get_config("teacher_dir=/emb")
+    assert d.task == "sam_distill" and not d.input.hflip and d.distill.teacher_dir == "/emb"
