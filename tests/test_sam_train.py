@@ -60,7 +60,9 @@ def _batch(config, n_img=2, m=3):
             "coords": coords, "labels": labels}
 
 
+@pytest.mark.slow
 def test_multimask_step_backprops_only_the_best_output():
+    """(~75 s: three eager forward/backward passes of L0.)"""
     from evit_jax.train import sam_task
 
     from configs import sam_common
