@@ -23,7 +23,7 @@ from tests.checkpoint_sandbox import AS_LIMIT, read_in_sandbox
 
 OK = "ok"
 UNSAFE, TRUNC, FORMAT = "UnsafeCheckpointError", "TruncatedCheckpointError", "CheckpointFormatError"
-CASE_SECONDS = 5.0  # per file, on this shared 2-core machine (most take milliseconds)
+CASE_SECONDS = 5.0  # CPU seconds per file, whatever the load (most take milliseconds)
 PEAK_RSS = 600 << 20  # the child's peak resident memory over all files
 MAX_OPCODES = 1_100_000  # the child's opcode limit (10^7 by default: 10+ s to reach)
 

@@ -7,8 +7,14 @@ CPUs with the same thread count, never running at the same time. Each round asks
 for a few timed calls, rotating who goes first; the speedup is the ratio of the medians
 (reference / evit-jax, so > 1 means evit-jax is faster), with its spread over rounds.
 
+With `--ort` two more sides run in ONNX Runtime: the authors' model exported with
+`torch.onnx.export` ("ort-authors", what a deployer on CPU runs) and evit-jax's ONNX export
+("ort-evit"), on the same weights (the reference's random initialisation, saved and
+converted). It needs `onnx onnxruntime onnxscript` installed in the reference's venv.
+
   python -m evit_jax.bench.compare --ref /tmp/evit-ref --targets
   python -m evit_jax.bench.compare --ref /tmp/evit-ref --case efficientvit-b2:256:4
+  python -m evit_jax.bench.compare --ref /tmp/evit-ref --targets --ort --baseline ort-authors
   evit-bench --vs-reference /tmp/evit-ref --targets --markdown
 """
 
@@ -109,8 +115,10 @@ class WorkerError(RuntimeError):
 class Worker:
     """One timing process speaking `evit_jax.bench.protocol`."""
 
-    def __init__(self, label: str, argv: list[str], env: dict[str, str]):
+    def __init__(self, label: str, argv: list[str], env: dict[str, str],
+                 reference: bool = False):
         self.label = label
+        self.reference = reference  # writes the weights the other sides may read
         self.log = tempfile.NamedTemporaryFile("w+", prefix=f"evit-{label}-", suffix=".log",
                                                delete=False)
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -140,7 +148,8 @@ class Worker:
         os.unlink(self.log.name)
 
 
-def reference_worker(ref: Path, threads: int) -> Worker:
+def reference_worker(ref: Path, threads: int, runtime: str = "eager") -> Worker:
+    """The authors' model in `runtime`: "eager" PyTorch, or "ort" (their ONNX export)."""
     python = ref / "venv" / "bin" / "python"
     if not python.exists() or not (ref / "src" / "efficientvit").is_dir():
         from evit_jax.cli import UserError
@@ -148,29 +157,56 @@ def reference_worker(ref: Path, threads: int) -> Worker:
             f"no reference set up in {ref}: run setup.sh (shared/reference/setup.sh "
             "MIRROR_GIT_DIR DEST, with MIRROR_GIT_DIR a git snapshot of "
             "mit-han-lab/efficientvit) and pass --ref DEST")
-    env = dict(os.environ, PYTHONPATH=f"{ref / 'stubs'}:{ref / 'src'}",
-               OMP_NUM_THREADS=str(threads))
-    return Worker("pytorch", [str(python), str(HERE / "ref_worker.py"), str(threads)], env)
+    stubs = ref / "stubs"
+    if runtime == "ort":
+        stubs = _stubs_without_onnx(stubs)
+        probe = subprocess.run([str(python), "-c", "import onnx, onnxruntime, onnxscript"],
+                               capture_output=True)
+        if probe.returncode:
+            from evit_jax.cli import UserError
+            raise UserError(f"--ort needs ONNX Runtime in the reference's venv: "
+                            f"{python} -m pip install onnx onnxruntime onnxscript")
+    env = dict(os.environ, PYTHONPATH=f"{stubs}:{ref / 'src'}", OMP_NUM_THREADS=str(threads))
+    label = "pytorch" if runtime == "eager" else "ort-authors"
+    return Worker(label, [str(python), str(HERE / "ref_worker.py"), str(threads), runtime],
+                  env, reference=True)
 
 
-def jax_worker(label: str, threads: int, extra_env: dict[str, str]) -> Worker:
+def _stubs_without_onnx(stubs: Path) -> Path:
+    """A copy (of links) of setup.sh's import stand-ins without its onnx/onnxruntime ones, so
+    that the real packages import; the onnxsim stand-in stays (the exporter never runs it)."""
+    out = Path(tempfile.mkdtemp(prefix="evit-stubs-"))
+    for entry in stubs.iterdir():
+        name = entry.name.split(".")[0]
+        if name in ("onnx", "onnxruntime"):
+            continue
+        (out / entry.name).symlink_to(entry)
+    return out
+
+
+def jax_worker(label: str, threads: int, extra_env: dict[str, str],
+               runtime: str = "xla") -> Worker:
     # This checkout first, unless the side names another one (`PYTHONPATH=/other/checkout`:
     # e.g. the commit before a change, to measure the change).
     root = str(HERE.parent.parent)
     env = dict(os.environ, **extra_env)
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (extra_env.get("PYTHONPATH"), root, os.environ.get("PYTHONPATH")) if p)
-    return Worker(label, [sys.executable, "-m", "evit_jax.bench.worker", str(threads)], env)
+    return Worker(label, [sys.executable, "-m", "evit_jax.bench.worker", str(threads),
+                          runtime], env)
 
 
 def run_case(case: Case, workers: list[Worker], rounds: int, calls: int, warmup: int,
              progress=None) -> tuple[dict, dict]:
     """Set the case up on every worker, then `rounds` rounds of `calls` timed calls each,
     rotating which side starts. Returns (wall times, CPU times): `[side][round][call]` ms."""
-    req = dict(model=case.model, part=case.part, batch=case.batch, height=case.height,
-               width=case.width, warmup=warmup)
-    for w in workers:  # one at a time: compiling is heavy
-        w.request(cmd="setup", **req)
+    with tempfile.TemporaryDirectory(prefix="evit-compare-") as tmp:
+        req = dict(model=case.model, part=case.part, batch=case.batch, height=case.height,
+                   width=case.width, warmup=warmup, state_dict=os.path.join(tmp, "ref.pt"))
+        # One at a time (compiling is heavy); the reference first: it writes the weights
+        # that the ONNX Runtime side of evit-jax converts.
+        for w in sorted(workers, key=lambda w: not w.reference):
+            w.request(cmd="setup", **req)
     times: dict[str, list[list[float]]] = {w.label: [] for w in workers}
     cpu: dict[str, list[list[float]]] = {w.label: [] for w in workers}
     for r in range(rounds):
@@ -236,6 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
                     metavar="LABEL:KEY=VAL;...",
                     help="an extra evit-jax side with these environment variables, e.g. "
                          "'shift_add:EVIT_DEPTHWISE=shift_add' (repeatable)")
+    ap.add_argument("--ort", action="store_true",
+                    help="two more sides in ONNX Runtime: the authors' torch.onnx.export "
+                         "(ort-authors) and evit-jax's ONNX export (ort-evit), same weights")
+    ap.add_argument("--baseline", metavar="LABEL",
+                    help="the side the speedups are relative to (default: pytorch, or the "
+                         "first evit-jax side with --no-ref)")
     ap.add_argument("--markdown", action="store_true", help="print a markdown table")
     ap.add_argument("--json", metavar="PATH", help="write the raw times and summary as JSON")
     ap.add_argument("--no-progress", action="store_true")
@@ -260,9 +302,19 @@ def _main(args: argparse.Namespace) -> int:
     env = {"EVIT_FUSE_BN": "1"} if args.fuse_bn else {}
     workers = [jax_worker("evit-jax", args.threads, env)]
     workers += [jax_worker(label, args.threads, {**env, **e}) for label, e in args.jax_env]
+    if args.ort:
+        if args.no_ref:
+            raise UserError("--ort compares against the authors' export: give --ref, not --no-ref")
+        workers.append(jax_worker("ort-evit", args.threads, env, runtime="ort"))
+        workers.append(reference_worker(args.ref, args.threads, runtime="ort"))
     if not args.no_ref:
         workers.append(reference_worker(args.ref, args.threads))
-    baseline = workers[-1].label if not args.no_ref else workers[0].label
+    baseline = args.baseline or (workers[-1].label if not args.no_ref else workers[0].label)
+    if baseline not in {w.label for w in workers}:
+        for w in workers:
+            w.close()
+        raise UserError(f"--baseline {baseline!r} is not a side; the sides are "
+                        f"{', '.join(w.label for w in workers)}")
     rows = []
     bar = tqdm(total=len(cases) * args.rounds, desc="side by side", unit="round",
                disable=args.no_progress, file=sys.stderr)

@@ -1,9 +1,14 @@
-"""PyTorch timing worker: the authors' reference EfficientViT, eager, in inference mode.
+"""PyTorch timing worker: the authors' reference EfficientViT, eager, in inference mode,
+or (`ref_worker.py N ort`) their model exported with `torch.onnx.export` and run in ONNX
+Runtime, the way a deployer runs it on CPU.
 
 Run by `evit_jax.bench.compare` with the reference's own Python (`DEST/venv/bin/python
 ref_worker.py N`, `PYTHONPATH=DEST/stubs:DEST/src`, DEST from `setup.sh`). It imports
 neither JAX nor evit_jax: only `protocol.py`, found next to this file. Pins itself to N
-CPUs and uses N intra-op threads, like the JAX worker.
+CPUs and uses N intra-op threads, like the JAX worker. The weights are PyTorch's random
+initialisation under `torch.manual_seed(0)`; a setup request with `state_dict` saves them
+there, so that the evit-jax side runs the same weights (denormal-heavy random weights
+would otherwise make one side slow for a reason no deployment has).
 """
 
 from __future__ import annotations
@@ -18,20 +23,49 @@ from protocol import pin, serve  # noqa: E402
 def build(name: str, part: str):
     import evstub_boot  # noqa: F401  (stand-ins for torchvision etc.; see setup.sh)
     from efficientvit.cls_model_zoo import create_efficientvit_cls_model
-    from efficientvit.sam_model_zoo import create_efficientvit_sam_model
     from efficientvit.seg_model_zoo import create_efficientvit_seg_model
 
     if name.startswith("efficientvit-sam"):
         if part != "encoder":
             raise ValueError(f"the reference worker times SAM's image encoder only, not {part!r}")
-        return create_efficientvit_sam_model(name, pretrained=False).image_encoder
+        return build_sam(name).image_encoder
     if name.startswith("efficientvit-seg"):
         return create_efficientvit_seg_model(name, pretrained=False)
     return create_efficientvit_cls_model(name, pretrained=False)
 
 
+def ort_runner(model, x, threads: int):
+    """`torch.onnx.export` of `model` at `x`'s shape (opset 17, the TorchScript exporter
+    the authors' `assets/onnx_export.py` uses), run in an ONNX Runtime CPU session
+    (ORT_ENABLE_ALL, `threads` intra-op threads)."""
+    import tempfile
+
+    import onnxruntime as ort
+    import torch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        torch.onnx.export(model, x, path, opset_version=17, input_names=["input"],
+                          dynamo=False)
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+        sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    feed = {"input": x.numpy()}
+    return lambda: sess.run(None, feed)
+
+
+def build_sam(name: str):
+    """The whole EfficientViT-SAM model (its state dict is what a checkpoint holds)."""
+    import evstub_boot  # noqa: F401
+    from efficientvit.sam_model_zoo import create_efficientvit_sam_model
+
+    return create_efficientvit_sam_model(name, pretrained=False).eval()
+
+
 def main() -> None:
     threads = int(sys.argv[1])
+    runtime = sys.argv[2] if len(sys.argv) > 2 else "eager"
     pin(threads)
     import torch
 
@@ -40,8 +74,19 @@ def main() -> None:
     def setup(req: dict):
         if req.get("dtype", "float32") != "float32":
             raise ValueError("the reference worker runs float32 only")
-        model = build(req["model"], req.get("part") or "model").eval()
+        torch.manual_seed(0)
+        name, part = req["model"], req.get("part") or "model"
+        if name.startswith("efficientvit-sam"):
+            full = build_sam(name)
+            model, state = full.image_encoder, full.state_dict()
+        else:
+            model = build(name, part).eval()
+            state = model.state_dict()
+        if req.get("state_dict"):
+            torch.save(state, req["state_dict"])
         x = torch.randn(req["batch"], 3, req["height"], req["width"])
+        if runtime == "ort":
+            return ort_runner(model, x, threads)
 
         def run() -> None:
             with torch.inference_mode():
