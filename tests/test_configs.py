@@ -33,7 +33,7 @@ def test_every_config_builds_with_required_fields(name):
         c = mod.get_config(arg)
         for field in REQUIRED:
             assert field in c, f"{name} lacks {field}"
-        assert c.task in ("cls", "seg", "sr") and c.total_steps > 0
+        assert c.task in ("cls", "seg", "sr", "sam", "sam_distill") and c.total_steps > 0
 
 
 def test_imagenet_recipes_follow_the_reference():

@@ -164,6 +164,9 @@ def make_eval_dataset(config: Any, process_index: int = 0, process_count: int = 
 
 
 def make_data(config: Any, process_index: int = 0, process_count: int = 1) -> Data:
+    if config.task in ("sam", "sam_distill"):
+        from .datasets.sam import make_sam_data
+        return make_sam_data(config, process_index, process_count)
     if config.task == "sr":
         from .datasets.sr import make_sr_data
         from .sr_task import scale_of

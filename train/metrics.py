@@ -120,8 +120,16 @@ def plot_curves(workdir: str, out: str | None = None) -> str | None:
     if any("top1" in r for r in train):
         ax1.plot([r["step"] for r in train if "top1" in r],
                  [100 * r["top1"] for r in train if "top1" in r], label="train top-1 (batch)")
+    if any("train_iou" in r for r in train):  # SAM: IoU of the trained masks
+        ax1.plot([r["step"] for r in train if "train_iou" in r],
+                 [100 * r["train_iou"] for r in train if "train_iou" in r],
+                 label="train mask IoU (batch)")
+    # SAM runs (train/sam_task.py) report eval mIoU in percent already, seg runs as a fraction.
+    from evit_jax.workdir import read_run_config
+    sam = read_run_config(workdir).get("task") in ("sam", "sam_distill")
     for key, name in (("top1", "eval top-1"), ("top5", "eval top-5"), ("miou", "eval mIoU")):
-        pts = [(r["step"], 100 * r[key]) for r in ev if key in r]
+        pts = [(r["step"], (1 if sam and key == "miou" else 100) * r[key]) for r in ev
+               if key in r]
         if pts:
             ax1.plot(*zip(*pts), "o-", label=name)
     ax1.set_xlabel("step")

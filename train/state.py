@@ -60,6 +60,9 @@ def leaf_sharding(mesh: Mesh, x: Any, min_size: int = 2**18) -> NamedSharding:
 
 def build_model(config: Any, num_classes: int, train: bool = True) -> Any:
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.dtype]
+    if config.task in ("sam", "sam_distill"):  # train/sam_task.py: maybe reduced sizes
+        from .sam_task import build_model as build_sam
+        return build_sam(config)
     if config.task == "sr":  # no classes, no stochastic depth
         return create_model(config.model, dtype=dtype)
     kw = dict(num_classes=num_classes)

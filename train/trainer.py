@@ -21,7 +21,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from . import bn_reset, input_pipeline, losses, metrics, sr_task, sync
+from . import bn_reset, input_pipeline, losses, metrics, sam_task, sr_task, sync
 from .checkpoint import RUN_CONFIG, Checkpoints, SigtermFlag, write_json_atomic
 from .evaluate import Evaluator
 from .optim import make_optimizer
@@ -43,6 +43,8 @@ def make_train_step(config: Any, model: Any, tx: Any, schedule: Any, num_classes
     task, warmup = config.task, config.warmup_steps
     if task == "sr":
         return sr_task.make_train_step(config, model, tx, schedule)
+    if task in sam_task.TASKS:
+        return sam_task.make_train_step(config, model, tx, schedule)
     post_warmup = max(config.total_steps - warmup, 1)
 
     def step_fn(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
@@ -136,7 +138,9 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
                                     in_shardings=(sharding, batch_sharding),
                                     out_shardings=(sharding, None), donate_argnums=(0,)),
                             "train_step")
-    if config.task == "sr":
+    if config.task in sam_task.TASKS:
+        evaluator = sam_task.make_evaluator(config, build_model(config, num_classes, False))
+    elif config.task == "sr":
         evaluator = sr_task.SREvaluator(build_model(config, num_classes, train=False),
                                         sr_task.scale_of(config))
     else:
@@ -153,11 +157,13 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
         result = {"step": step, **res}
         if pid == 0:
             write_json_atomic(os.path.join(workdir, "eval_results.json"), result)
-        fmt = (lambda v: f"{v:.4f}") if config.task == "sr" else (lambda v: f"{100 * v:.2f}%")
+        fmt = (lambda v: f"{v:.4f}") if config.task in ("sr",) + sam_task.TASKS \
+            else (lambda v: f"{100 * v:.2f}%")
         progress.write(f"eval @ step {step}: " + ", ".join(f"{k} {fmt(v)}"
                                                            for k, v in res.items()))
         return result
 
+    prepare = sam_task.batch_hook(config, mesh)  # None, or the distillation teacher
     stop = SigtermFlag()
     step, pending, t_log, seen, rates = start, [], time.time(), 0, []
     result = None
@@ -166,6 +172,8 @@ def train_and_evaluate(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
             local = next(data.train)
             batch = {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v))
                      for k, v in local.items()}
+            if prepare is not None:
+                batch = prepare(batch)
             state, out = step_fn(state, batch)
             step += 1
             seen += config.batch_size

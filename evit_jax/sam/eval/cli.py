@@ -98,6 +98,19 @@ def load_weights(name: str, path: str) -> Any:
     return evit_jax.load_variables(path, model=name)
 
 
+def build_model(name: str, weights: str) -> Any:
+    """The module for `weights`: the zoo model, or for a SAM training workdir the module it
+    trained (reduced encoder input or grid included, `train/sam_task.py`)."""
+    import evit_jax
+    from evit_jax.workdir import is_workdir, read_run_config
+    if is_workdir(weights):
+        run = read_run_config(weights)
+        if run.get("task") in ("sam", "sam_distill"):
+            from evit_jax.train.sam_task import model_from_run
+            return model_from_run(name, run)
+    return evit_jax.create_model(name)
+
+
 def load_images(args: argparse.Namespace) -> tuple[list[D.EvalImage], dict | None]:
     """The images to evaluate (all, or the first --limit) and the ground-truth dict."""
     if args.dataset.startswith("evit_shapes"):
@@ -157,10 +170,9 @@ def _main(args: argparse.Namespace) -> int:
     init_distributed(args)
     import jax
 
-    import evit_jax
     from evit_jax.sam import SamPredictor
     images, gt = load_images(args)
-    model = evit_jax.create_model(args.model)
+    model = build_model(args.model, args.weights)
     predictor = SamPredictor(model, load_weights(args.model, args.weights),
                              max_batch=args.batch)
     t0 = time.perf_counter()
