@@ -1,6 +1,6 @@
 """`evit-sam-app`: the API (FastAPI's TestClient) and the page in a real headless Chromium.
 
-The weights: the SAM fixture's random ones (`sam_case`), with two changes to the prompt
+The weights: the SAM fixture's random ones (`synth_case`), with two changes to the prompt
 decoder so that a click on a bright disc gives a mask of the disc, as a trained model
 would:
 - the upscaler's two transposed convolutions share one kernel between their four
@@ -39,7 +39,7 @@ import evit_jax
 from evit_jax.sam import amg_utils as U
 from evit_jax.sam import prompts as P
 from evit_jax.sam.predictor import SamPredictor
-from tests.sam_helpers import sam_case
+from tests.helpers import synth_case
 
 pytest.importorskip("fastapi", reason="the app's extra is not installed: pip install -e '.[app]'")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -71,7 +71,7 @@ def png_bytes(a: np.ndarray, **kw) -> bytes:
 
 def disc_weights(model, image: np.ndarray, disc: np.ndarray) -> dict:
     """The fixture's random variables with the decoder changes of the module docstring."""
-    sd, _ = sam_case(NAME)
+    sd, _ = synth_case(NAME)
     v = evit_jax.convert_state_dict(NAME, sd)
     md = v["params"]["mask_decoder"]
     for name in ("output_upscaling_0", "output_upscaling_3"):
