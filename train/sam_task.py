@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from evit_jax.zoo import create_model, model_info
+from evit_jax.zoo import create_model, model_from_spec, model_info
 
 from . import sam_losses as L
 from .evaluate import local_copy
@@ -42,9 +42,9 @@ Array = jax.Array
 TASKS = ("sam", "sam_distill")
 
 
-def head_overrides(model: str, encoder_size: int = 0, grid: int = 0) -> dict[str, Any]:
-    """Module fields of a SAM zoo model at another encoder input size or embedding grid
-    (0 = the model's own): {"head_cfg": ...}, or {} when nothing changes."""
+def sam_spec(model: str, encoder_size: int = 0, grid: int = 0) -> Any:
+    """The zoo entry of a SAM model at another encoder input size or embedding grid
+    (0 = the model's own); the entry itself when nothing changes."""
     spec = model_info(model)
     if spec.task != "sam":
         raise ValueError(f"the SAM tasks need an EfficientViT-SAM model "
@@ -52,14 +52,17 @@ def head_overrides(model: str, encoder_size: int = 0, grid: int = 0) -> dict[str
     head = spec.head
     size, g = encoder_size or head.encoder_size, grid or head.decoder.grid
     if (size, g) == (head.encoder_size, head.decoder.grid):
-        return {}
-    return {"head_cfg": dataclasses.replace(
-        head, encoder_size=size, decoder=dataclasses.replace(head.decoder, grid=g))}
+        return spec
+    return dataclasses.replace(spec, head=dataclasses.replace(
+        head, encoder_size=size, decoder=dataclasses.replace(head.decoder, grid=g)))
 
 
 def sam_model(name: str, encoder_size: int = 0, grid: int = 0, **kw: Any) -> Any:
     """`create_model(name, **kw)` with another encoder input size / embedding grid."""
-    return create_model(name, **kw).clone(**head_overrides(name, encoder_size, grid))
+    spec = sam_spec(name, encoder_size, grid)
+    if spec == model_info(name):
+        return create_model(name, **kw)
+    return model_from_spec(spec, **kw)
 
 
 def build_model(config: Any) -> Any:
