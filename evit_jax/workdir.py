@@ -28,6 +28,9 @@ class CheckpointError(UserError):
     """A checkpoint that cannot be restored (corrupted, or from another config)."""
 
 
+SAM_TASKS = ("sam", "sam_distill")  # the trainer's SAM tasks (train/sam_task.py)
+
+
 def checkpoint_dir(workdir: str | os.PathLike) -> str:
     return os.path.abspath(os.path.join(workdir, "checkpoints"))
 
@@ -99,3 +102,15 @@ def _load_item(directory: str, step: int | None, use_ema: bool | None) -> dict[s
     except Exception as e:  # noqa: BLE001 - orbax raises many types; name the checkpoint
         raise CheckpointError(f"cannot read {item!r} of checkpoint {path}: {e}") from e
     return {"params": out["params"], "batch_stats": out.get("batch_stats", {})}
+
+
+def model_from_run(name: str, run: dict[str, Any]) -> Any:
+    """The module a training run used, from its run_config.json dict (`read_run_config`):
+    a SAM run's reduced encoder size / grid (`config.input.encoder_size`,
+    `config.sam.grid`), else the zoo model itself."""
+    from evit_jax.zoo import sam_model
+
+    cfg = run.get("config", {}) if run.get("task") in SAM_TASKS else {}
+    size = int(cfg.get("input", {}).get("encoder_size", 0) or 0)
+    grid = int(cfg.get("sam", {}).get("grid", 0) or 0)
+    return sam_model(name, size, grid)

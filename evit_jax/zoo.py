@@ -336,3 +336,26 @@ def model_from_spec(spec: ModelSpec, dtype: Any = jnp.float32, fused_bn: bool = 
         raise TypeError(f"create_model({name!r}) got unknown options {unknown}; "
                         f"allowed: {allowed}")
     return with_folded_bn(model) if fused_bn else model  # fused_bn: evit_jax.nn.conv
+
+
+def sam_spec(model: str, encoder_size: int = 0, grid: int = 0) -> ModelSpec:
+    """The zoo entry of a SAM model at another encoder input size or embedding grid
+    (0 = the model's own; training runs at reduced sizes), or the entry itself."""
+    spec = model_info(model)
+    if spec.task != "sam":
+        raise ValueError(f"the SAM tasks need an EfficientViT-SAM model "
+                         f"(efficientvit-sam-l0 ...), got {model!r}")
+    head = spec.head
+    size, g = encoder_size or head.encoder_size, grid or head.decoder.grid
+    if (size, g) == (head.encoder_size, head.decoder.grid):
+        return spec
+    return dataclasses.replace(spec, head=dataclasses.replace(
+        head, encoder_size=size, decoder=dataclasses.replace(head.decoder, grid=g)))
+
+
+def sam_model(name: str, encoder_size: int = 0, grid: int = 0, **kw: Any) -> nn.Module:
+    """`create_model(name, **kw)` with another encoder input size / embedding grid."""
+    spec = sam_spec(name, encoder_size, grid)
+    if spec == model_info(name):
+        return create_model(name, **kw)
+    return model_from_spec(spec, **kw)

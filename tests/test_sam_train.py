@@ -222,7 +222,7 @@ def test_sam_demo_reduced_run_learns_and_serves(tmp_path, shapes_dir):
     res = json.load(open(wd / "eval_results.json"))
     assert set(res) == {"step", "miou"} and res["step"] == 40
     model, variables = sam_task.load_sam(str(wd))
-    assert model.head_cfg.encoder_size == 64 and model.head_cfg.decoder.grid == 16
+    assert model.encoder_size == 64 and model.prompt_encoder.grid == 16
     c = sam_demo.get_config("tiny")
     c.data.data_dir = shapes_dir
     ims = eval_images(open_sam_source(c.data, "validation"), 20)

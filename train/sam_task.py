@@ -24,7 +24,6 @@ module, so `load_variables(workdir)` + `SamPredictor` / `evit-sam-eval` work on 
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import jax
@@ -32,52 +31,21 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from evit_jax.zoo import create_model, model_from_spec, model_info
+from evit_jax.workdir import SAM_TASKS, model_from_run
+from evit_jax.zoo import sam_model
 
 from . import sam_losses as L
 from .evaluate import local_copy
 from .optim import path_str
 
 Array = jax.Array
-TASKS = ("sam", "sam_distill")
-
-
-def sam_spec(model: str, encoder_size: int = 0, grid: int = 0) -> Any:
-    """The zoo entry of a SAM model at another encoder input size or embedding grid
-    (0 = the model's own); the entry itself when nothing changes."""
-    spec = model_info(model)
-    if spec.task != "sam":
-        raise ValueError(f"the SAM tasks need an EfficientViT-SAM model "
-                         f"(efficientvit-sam-l0 ...), got {model!r}")
-    head = spec.head
-    size, g = encoder_size or head.encoder_size, grid or head.decoder.grid
-    if (size, g) == (head.encoder_size, head.decoder.grid):
-        return spec
-    return dataclasses.replace(spec, head=dataclasses.replace(
-        head, encoder_size=size, decoder=dataclasses.replace(head.decoder, grid=g)))
-
-
-def sam_model(name: str, encoder_size: int = 0, grid: int = 0, **kw: Any) -> Any:
-    """`create_model(name, **kw)` with another encoder input size / embedding grid."""
-    spec = sam_spec(name, encoder_size, grid)
-    if spec == model_info(name):
-        return create_model(name, **kw)
-    return model_from_spec(spec, **kw)
+TASKS = SAM_TASKS
 
 
 def build_model(config: Any) -> Any:
     """The SAM module of a config (with its reduced sizes, if any)."""
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.dtype]
     return sam_model(config.model, config.input.encoder_size, config.sam.grid, dtype=dtype)
-
-
-def model_from_run(name: str, run: dict[str, Any]) -> Any:
-    """The module a training run used, from its run_config.json dict (`evit_jax.workdir.
-    read_run_config`); the zoo model itself for runs at the model's own sizes."""
-    cfg = run.get("config", {}) if run.get("task") in TASKS else {}
-    size = int(cfg.get("input", {}).get("encoder_size", 0) or 0)
-    grid = int(cfg.get("sam", {}).get("grid", 0) or 0)
-    return sam_model(name, size, grid)
 
 
 def load_sam(workdir: str) -> tuple[Any, dict]:

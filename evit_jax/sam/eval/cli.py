@@ -100,14 +100,11 @@ def load_weights(name: str, path: str) -> Any:
 
 def build_model(name: str, weights: str) -> Any:
     """The module for `weights`: the zoo model, or for a SAM training workdir the module it
-    trained (reduced encoder input or grid included, `train/sam_task.py`)."""
+    trained (reduced encoder input or grid included, `evit_jax.workdir.model_from_run`)."""
     import evit_jax
-    from evit_jax.workdir import is_workdir, read_run_config
+    from evit_jax.workdir import is_workdir, model_from_run, read_run_config
     if is_workdir(weights):
-        run = read_run_config(weights)
-        if run.get("task") in ("sam", "sam_distill"):
-            from evit_jax.train.sam_task import model_from_run
-            return model_from_run(name, run)
+        return model_from_run(name, read_run_config(weights))
     return evit_jax.create_model(name)
 
 
