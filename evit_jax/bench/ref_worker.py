@@ -6,9 +6,10 @@ Run by `evit_jax.bench.compare` with the reference's own Python (`DEST/venv/bin/
 ref_worker.py N`, `PYTHONPATH=DEST/stubs:DEST/src`, DEST from `setup.sh`). It imports
 neither JAX nor evit_jax: only `protocol.py`, found next to this file. Pins itself to N
 CPUs and uses N intra-op threads, like the JAX worker. The weights are PyTorch's random
-initialisation under `torch.manual_seed(0)`; a setup request with `state_dict` saves them
-there, so that the evit-jax side runs the same weights (denormal-heavy random weights
-would otherwise make one side slow for a reason no deployment has).
+initialisation under `torch.manual_seed(0)`; in ONNX Runtime mode a setup request with
+`state_dict` saves them there, so that the evit-jax side runs the same weights
+(denormal-heavy random weights would otherwise make one side slow for a reason no
+deployment has).
 """
 
 from __future__ import annotations
@@ -21,17 +22,22 @@ from protocol import pin, serve  # noqa: E402
 
 
 def build(name: str, part: str):
+    """(the module to time, the state dict a checkpoint of the model holds), eval mode."""
     import evstub_boot  # noqa: F401  (stand-ins for torchvision etc.; see setup.sh)
     from efficientvit.cls_model_zoo import create_efficientvit_cls_model
+    from efficientvit.sam_model_zoo import create_efficientvit_sam_model
     from efficientvit.seg_model_zoo import create_efficientvit_seg_model
 
     if name.startswith("efficientvit-sam"):
         if part != "encoder":
             raise ValueError(f"the reference worker times SAM's image encoder only, not {part!r}")
-        return build_sam(name).image_encoder
+        full = create_efficientvit_sam_model(name, pretrained=False).eval()
+        return full.image_encoder, full.state_dict()
     if name.startswith("efficientvit-seg"):
-        return create_efficientvit_seg_model(name, pretrained=False)
-    return create_efficientvit_cls_model(name, pretrained=False)
+        model = create_efficientvit_seg_model(name, pretrained=False).eval()
+    else:
+        model = create_efficientvit_cls_model(name, pretrained=False).eval()
+    return model, model.state_dict()
 
 
 def ort_runner(model, x, threads: int):
@@ -55,14 +61,6 @@ def ort_runner(model, x, threads: int):
     return lambda: sess.run(None, feed)
 
 
-def build_sam(name: str):
-    """The whole EfficientViT-SAM model (its state dict is what a checkpoint holds)."""
-    import evstub_boot  # noqa: F401
-    from efficientvit.sam_model_zoo import create_efficientvit_sam_model
-
-    return create_efficientvit_sam_model(name, pretrained=False).eval()
-
-
 def main() -> None:
     threads = int(sys.argv[1])
     runtime = sys.argv[2] if len(sys.argv) > 2 else "eager"
@@ -75,15 +73,9 @@ def main() -> None:
         if req.get("dtype", "float32") != "float32":
             raise ValueError("the reference worker runs float32 only")
         torch.manual_seed(0)
-        name, part = req["model"], req.get("part") or "model"
-        if name.startswith("efficientvit-sam"):
-            full = build_sam(name)
-            model, state = full.image_encoder, full.state_dict()
-        else:
-            model = build(name, part).eval()
-            state = model.state_dict()
-        if req.get("state_dict"):
-            torch.save(state, req["state_dict"])
+        model, state = build(req["model"], req.get("part") or "model")
+        if runtime == "ort" and req.get("state_dict"):
+            torch.save(state, req["state_dict"])  # for evit-jax's ONNX Runtime side
         x = torch.randn(req["batch"], 3, req["height"], req["width"])
         if runtime == "ort":
             return ort_runner(model, x, threads)

@@ -46,13 +46,14 @@ def ort_runner(req: dict, threads: int):
     from evit_jax.io import load_variables
     from evit_jax.zoo import model_info
 
-    name = model_info(req["model"]).name
+    spec = model_info(req["model"])
+    name = spec.name
     if not req.get("state_dict"):
         raise ValueError("the ONNX Runtime side needs the reference side's weights "
                          "(request field state_dict)")
     variables = load_variables(req["state_dict"], model=name)
     part = req.get("part")
-    kwargs = ({"part": part} if name.startswith("efficientvit-sam")
+    kwargs = ({"part": part} if spec.task == "sam"
               else {"resolution": (req["height"], req["width"])})
     proto = export_onnx(name, variables, batch=req["batch"], **kwargs)
     sess = ort_session(proto, threads=threads)
