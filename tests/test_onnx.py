@@ -105,21 +105,34 @@ def test_sam_decoder_matches_jax_and_predictor_postprocessing(sam_l0):
     assert np.array_equal((masks > 0)[away], (ref_masks > 0)[away])
 
 
-def test_sam_decoder_padding_is_exact(sam_l0):
-    """A prompt padded with label -2 decodes as the unpadded prompt does."""
-    name, _, variables = sam_l0
+def test_sam_decoder_dynamic_points_and_padding_are_exact(sam_l0):
+    """One export with a dynamic P (the default) serves prompts of any length, each as JAX
+    decodes it; a prompt padded with label -2 decodes as the unpadded one does."""
+    name, model, variables = sam_l0
+    proto = export_onnx(name, variables, part="decoder")
+    assert _dims(proto.graph.input[1]) == ["B", "P", 2]
+    sess = ort_session(proto)
     rng = np.random.default_rng(5)
     emb = rng.normal(size=(1, 256, 64, 64)).astype(np.float32)
+    decode = jax.jit(lambda *a: model.apply(variables, *a, method="predict_masks"))
     feed = lambda c, lab: [emb, c, lab, np.zeros((1, 1, 256, 256), np.float32),
                            np.zeros(1, np.float32)]
     coords = np.array([[[300.0, 400.0], [0.0, 0.0]]], np.float32)
-    short = run_onnx(ort_session(export_onnx(name, variables, part="decoder", points=2)),
-                     feed(coords, np.array([[1, -1]], np.float32)))
+    short = run_onnx(sess, feed(coords, np.array([[1, -1]], np.float32)))
     padded = np.concatenate([coords, np.zeros((1, 3, 2), np.float32)], axis=1)
-    long = run_onnx(ort_session(export_onnx(name, variables, part="decoder", points=5)),
-                    feed(padded, np.array([[1, -1, -2, -2, -2]], np.float32)))
+    long = run_onnx(sess, feed(padded, np.array([[1, -1, -2, -2, -2]], np.float32)))
     for a, b in zip(short, long):
         assert rel_l2(b, a) < TOL
+    for p in (1, 7):  # lengths the export never saw, against JAX
+        c = (rng.random((2, p, 2)) * 1000).astype(np.float32)
+        lab = rng.integers(0, 4, (2, p)).astype(np.float32)
+        iou, low = run_onnx(sess, feed(c, lab)[:3] + [np.zeros((2, 1, 256, 256), np.float32),
+                                                      np.zeros(2, np.float32)])
+        ref_low, ref_iou = decode(jnp.asarray(emb.transpose(0, 2, 3, 1)), c,
+                                  lab.astype(np.int32), np.zeros((2, 256, 256), np.float32),
+                                  np.zeros(2, bool))
+        assert low.shape == (2, 4, 256, 256)
+        assert rel_l2(low, ref_low) < TOL and rel_l2(iou, ref_iou) < TOL
 
 
 def test_bad_requests_are_one_line_errors(tmp_path, capsys):
@@ -160,7 +173,7 @@ def test_every_zoo_model(name):
     for part in parts:
         kw = {"part": part} if part else {"resolution": (128, 128)}
         program = onnx_program(name, variables, **kw)
-        inputs = program.example_inputs({"N": 1, "B": 2})
+        inputs = program.example_inputs({"N": 1, "B": 2, "P": 6})
         if part == "decoder":
             inputs[1] = np.abs(inputs[1]) * 300
             inputs[2] = np.tile(np.array([[1, 0, 2, 3, -1, -2]], np.float32), (2, 1))

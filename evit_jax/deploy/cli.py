@@ -24,9 +24,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     ap.add_argument("--image-size", type=parse_resolution, default=None,
                     help="onnx, SAM decoder: original image HxW, adds a `masks` output")
-    ap.add_argument("--points", type=int, default=6,
-                    help="onnx, SAM decoder: prompt tokens per row (pad with label -2; "
-                         "default 6)")
+    ap.add_argument("--points", type=int, default=None,
+                    help="onnx, SAM decoder: fix the prompt tokens per row, P (default "
+                         "dynamic; pad shorter rows with label -2)")
     ap.add_argument("--float16", action="store_true",
                     help="tflite: store the weights as float16 (half the file; float32 "
                          "inputs and outputs)")

@@ -19,7 +19,7 @@ JAX graph inside is NHWC and ONNX Runtime's layout optimiser removes the transpo
   multimask ones); exported with an original image size (H, W) also `masks` `[B, 4, H, W]`,
   the logits upscaled as `SamPredictor` does (static shapes: the size is part of the graph).
 
-N, B and P are dynamic unless a batch is fixed. LayerNorm and the linear-attention division
+N, B and P are dynamic unless fixed (`batch`, `points`). LayerNorm and the linear-attention division
 run in float32 whatever the compute dtype, so a `float16` export stays fp16-safe.
 """
 
@@ -83,7 +83,7 @@ def _nchw(x: jax.Array) -> jax.Array:
 
 def onnx_program(name: str, variables: Any, resolution: tuple[int, int] | None = None,
                  part: str | None = None, batch: int | None = None,
-                 image_size: tuple[int, int] | None = None, points: int = 6,
+                 image_size: tuple[int, int] | None = None, points: int | None = None,
                  dtype: str = "float32", fuse: bool = True) -> OnnxProgram:
     """The function `export_onnx` converts, with its input contract (module docstring).
 
@@ -94,7 +94,8 @@ def onnx_program(name: str, variables: Any, resolution: tuple[int, int] | None =
       part: SAM only: "encoder" (default) or "decoder".
       batch: fixed N (or B for the decoder); default dynamic.
       image_size: SAM decoder only: original image (H, W) for the `masks` output.
-      points: SAM decoder only: prompt tokens per row, P (pad with label -2).
+      points: SAM decoder only: a fixed number of prompt tokens per row, P; default
+        dynamic (rows of one call share P: pad shorter ones with label -2).
       dtype: compute dtype, "float32" or "float16" (inputs and outputs stay float32).
       fuse: fold BatchNorm into the convolutions first.
     """
@@ -160,9 +161,10 @@ def onnx_program(name: str, variables: Any, resolution: tuple[int, int] | None =
 
     g, c, lr = cfg.grid, cfg.embed_dim, cfg.low_res_size
     b: int | str = "B" if batch is None else int(batch)
-    if points < 1:
+    if points is not None and points < 1:
         raise UserError(f"--points must be at least 1, got {points}")
-    inputs = ((1, c, g, g), (b, points, 2), (b, points), (b, 1, lr, lr), (b,))
+    p: int | str = "P" if points is None else int(points)
+    inputs = ((1, c, g, g), (b, p, 2), (b, p), (b, 1, lr, lr), (b,))
     names_in = ("image_embeddings", "point_coords", "point_labels", "mask_input",
                 "has_mask_input")
     names_out = ("iou_predictions", "low_res_masks")

@@ -123,12 +123,14 @@ class MaskDecoder(nn.Module):
         b, n, d = sparse.shape
         gelu = lambda x: jax.nn.gelu(x, approximate=False)  # segment-anything: exact GELU
         out_tokens = jnp.concatenate([self.iou_token.table(), self.mask_tokens.table()], 0)
-        tokens = jnp.concatenate(
+        # lax.concatenate, not jnp's: jax2onnx replaces jnp.concatenate by its own, which
+        # gives `5 + P` tokens the static length 5 when P is symbolic (a dynamic-P export).
+        tokens = jax.lax.concatenate(
             [jnp.broadcast_to(out_tokens[None], (b,) + out_tokens.shape),
-             sparse.astype(out_tokens.dtype)], axis=1)
+             sparse.astype(out_tokens.dtype)], 1)
         if token_mask is not None:
-            token_mask = jnp.concatenate(
-                [jnp.ones((b, out_tokens.shape[0]), bool), token_mask.astype(bool)], axis=1)
+            token_mask = jax.lax.concatenate(
+                [jnp.ones((b, out_tokens.shape[0]), bool), token_mask.astype(bool)], 1)
         src = image_embeddings + dense_  # stays batch 1 when the B prompts share both
         hs, keys = self.transformer(src, image_pe[None], tokens, token_mask)
         iou_out = hs[:, 0]
