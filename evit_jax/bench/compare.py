@@ -275,6 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--ort", action="store_true",
                     help="two more sides in ONNX Runtime: the authors' torch.onnx.export "
                          "(ort-authors) and evit-jax's ONNX export (ort-evit), same weights")
+    ap.add_argument("--ort-env", type=parse_env, action="append", default=[],
+                    metavar="LABEL:KEY=VAL;...",
+                    help="with --ort, an extra side running evit-jax's ONNX export made with "
+                         "these environment variables, e.g. 'before:PYTHONPATH=/old/checkout' "
+                         "(repeatable)")
     ap.add_argument("--baseline", metavar="LABEL",
                     help="the side the speedups are relative to (default: pytorch, or the "
                          "first evit-jax side with --no-ref)")
@@ -302,10 +307,14 @@ def _main(args: argparse.Namespace) -> int:
     env = {"EVIT_FUSE_BN": "1"} if args.fuse_bn else {}
     workers = [jax_worker("evit-jax", args.threads, env)]
     workers += [jax_worker(label, args.threads, {**env, **e}) for label, e in args.jax_env]
+    if args.ort_env and not args.ort:
+        raise UserError("--ort-env adds an ONNX Runtime side: give --ort too")
     if args.ort:
         if args.no_ref:
             raise UserError("--ort compares against the authors' export: give --ref, not --no-ref")
         workers.append(jax_worker("ort-evit", args.threads, env, runtime="ort"))
+        workers += [jax_worker(label, args.threads, {**env, **e}, runtime="ort")
+                    for label, e in args.ort_env]
         workers.append(reference_worker(args.ref, args.threads, runtime="ort"))
     if not args.no_ref:
         workers.append(reference_worker(args.ref, args.threads))
