@@ -54,14 +54,16 @@ def _channel_major_attention(qkv: Array, dim: int, eps: float) -> Array:
     b, h, w, c = qkv.shape
     heads = c // (3 * dim)
     t = jnp.transpose(qkv.astype(jnp.float32), (0, 3, 1, 2)).reshape(b, heads, 3 * dim, h * w)
-    q = jax.nn.relu(t[:, :, :dim])
-    k = jax.nn.relu(t[:, :, dim:2 * dim])
-    v = t[:, :, 2 * dim:]
+    q, k, v = jnp.split(t, 3, axis=2)                     # one Split node, [B, heads, d, N]
+    q, k = jax.nn.relu(q), jax.nn.relu(k)
+    # A row of ones under v makes the normaliser the last row of the same two matmuls
+    # (sum_j k_j . q_i), so the graph has two MatMul nodes per block instead of three plus
+    # a ReduceSum: the small third matmul cost ONNX Runtime more than its MACs.
+    v1 = jnp.pad(v, ((0, 0), (0, 0), (0, 1), (0, 0)), constant_values=1.0)  # [B, heads, d+1, N]
     hi = jax.lax.Precision.HIGHEST
-    vk = jnp.matmul(v, jnp.swapaxes(k, -1, -2), precision=hi)                # [B, heads, d, d]
-    num = jnp.matmul(vk, q, precision=hi)                                      # [B, heads, d, N]
-    den = jnp.matmul(jnp.sum(k, axis=3)[:, :, None], q, precision=hi)          # [B, heads, 1, N]
-    out = (num / (den + eps)).reshape(b, heads * dim, h, w)
+    vk = jnp.matmul(v1, jnp.swapaxes(k, -1, -2), precision=hi)               # [B, heads, d+1, d]
+    num_den = jnp.matmul(vk, q, precision=hi)                                 # [B, heads, d+1, N]
+    out = (num_den[:, :, :dim] / (num_den[:, :, dim:] + eps)).reshape(b, heads * dim, h, w)
     return jnp.transpose(out, (0, 2, 3, 1))
 
 
