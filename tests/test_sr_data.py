@@ -79,3 +79,14 @@ def test_tfds_div2k_by_name_has_the_features_we_read(tmp_path):
         features = tfds.builder(f"div2k/bicubic_x{scale}", data_dir=tmp_path).info.features
         assert {"hr", "lr"} <= set(features.keys())
         assert features["hr"].shape == (None, None, 3) == features["lr"].shape
+
+
+def test_unprepared_tfds_dataset_is_a_clear_error_not_a_download(tmp_path):
+    """An unprepared tfds name fails at once with the command that prepares it (tfds would
+    otherwise try to download it: minutes of retries on a machine without internet)."""
+    pytest.importorskip("tensorflow_datasets")
+    from train.datasets.sources import tfds_source
+    with pytest.raises(ValueError, match=r"not prepared .*tfds build div2k/bicubic_x2"):
+        tfds_source("div2k/bicubic_x2", "train", str(tmp_path))
+    with pytest.raises(ValueError, match="no dataset 'no_such_dataset'"):
+        tfds_source("no_such_dataset", "train", str(tmp_path))

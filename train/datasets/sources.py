@@ -88,6 +88,25 @@ def _ade_label(path: str) -> np.ndarray:
     return np.where(lab == 0, IGNORE, lab - 1).astype(np.uint8)
 
 
+def tfds_source(name: str, split: str, data_dir: str | None) -> Any:
+    """`tfds.data_source` of an already prepared tfds dataset, never a download.
+
+    Unprepared, tfds would try to download (minutes of retries offline, then a misleading
+    error about file formats); say what to run instead."""
+    import tensorflow_datasets as tfds
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise ValueError(f"tfds has no dataset {name!r}: check data.name (tfds names such as "
+                         "'div2k/bicubic_x2', or images:/folder)") from None
+    if not builder.is_prepared():
+        raise ValueError(
+            f"tfds {name!r} is not prepared under {builder.data_dir}: prepare it once with "
+            f"`tfds build {name} --data_dir DIR --file_format array_record` and set "
+            "data.data_dir=DIR")
+    return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+
+
 def open_source(data: Any, split: str, task: str
                 ) -> tuple[Any, Callable[[Any], dict], int | None]:
     """(source, decode, num_classes or None if unknown) of `data.name`'s `split`."""
@@ -111,8 +130,7 @@ def open_source(data: Any, split: str, task: str
         if task == "seg":  # background 0, shape k -> k + 1: 11 classes
             return src, lambda r: {"image": r["image"], "label": r["mask"][..., 0]}, 11
         return src, lambda r: {"image": r["image"], "label": int(r["label"])}, 10
-    import tensorflow_datasets as tfds
-    src = tfds.data_source(name, split=split, data_dir=data.data_dir or None)
+    src = tfds_source(name, split, data.data_dir or None)
     feats = src.dataset_info.features
     if name.startswith("cityscapes"):
         ik, lk = data.image_key or "image_left", data.label_key or "segmentation_label"

@@ -35,7 +35,7 @@ from PIL import Image, ImageDraw
 from evit_jax.sr.pairs import check_pair, degrade, list_images, mod_crop, pair_lr_files
 
 from . import shapes
-from .sources import FileSource, _rgb
+from .sources import FileSource, _rgb, tfds_source
 
 DEMO_SIZES = {"default": {"train": (96, 128), "validation": (8, 128)},  # (images, side)
               "tiny": {"train": (12, 64), "validation": (2, 64)}}
@@ -148,8 +148,7 @@ def open_sr_source(data: Any, split: str, scale: int
             lr_files = pair_lr_files(hr_files, _image_dir(lr_dir, split), scale)
             return FileSource(list(zip(hr_files, lr_files))), lambda r: (_rgb(r[0]), _rgb(r[1]))
         return FileSource([(f, None) for f in hr_files]), lambda r: (_rgb(r[0]), None)
-    import tensorflow_datasets as tfds
-    src = tfds.data_source(name, split=split, data_dir=data.data_dir or None)
+    src = tfds_source(name, split, data.data_dir or None)
     keys = set(src.dataset_info.features.keys())
     if "hr" not in keys:
         raise ValueError(f"tfds {name!r} has features {sorted(keys)}; SR needs 'hr' (and "
