@@ -5,6 +5,7 @@ reference PyTorch and is left out of the default suite)."""
 import json
 
 import jax
+import numpy as np
 import pytest
 
 import evit_jax
@@ -173,3 +174,31 @@ def test_compare_ort_sides_setup(tmp_path):
                           state_dict=str(path)), threads=1)
     (logits,) = run()
     assert logits.shape == (2, 1000) and logits.dtype.name == "float32"
+
+
+def test_compare_sam_pipeline_side(tmp_path):
+    """Our side of the SAM pipeline cases on a checkpoint file of the kind the reference side
+    writes (the SAM-L0 parity fixture's weights, saved by torch): each part runs, on the
+    shared picture and boxes."""
+    torch = pytest.importorskip("torch")
+    from evit_jax.bench import sam_inputs
+    from evit_jax.bench.compare import SAM_PIPELINE
+    from evit_jax.bench.compare import main as compare_main
+    from evit_jax.bench.worker import sam_pipeline_runner
+    from tests.helpers import has_fixture, synth_case
+
+    assert [c.part for c in SAM_PIPELINE] == list(sam_inputs.PARTS)
+    assert compare_main(["--no-ref", "--sam-pipeline"]) == 1  # needs the reference side
+    img, b = sam_inputs.picture(48, 64), sam_inputs.boxes(48, 64, 5)
+    assert img.shape == (48, 64, 3) and img.dtype == np.uint8 and len(np.unique(img)) > 50
+    assert b.shape == (5, 4) and (b[:, 2:] > b[:, :2]).all()
+    if not has_fixture("efficientvit-sam-l0"):
+        pytest.skip("no SAM-L0 parity fixture in ../shared")
+    sd, _ = synth_case("efficientvit-sam-l0")
+    path = tmp_path / "ref.pt"
+    torch.save({k: torch.from_numpy(v) for k, v in sd.items()}, path)
+    req = dict(model="efficientvit-sam-l0", height=48, width=64, state_dict=str(path))
+    masks, iou, _ = sam_pipeline_runner({**req, "part": "boxes", "batch": 5})()
+    assert masks.shape == (5, 1, 48, 64) and iou.shape == (5, 1)
+    records = sam_pipeline_runner({**req, "part": "amg", "batch": 2})()
+    assert isinstance(records, list)

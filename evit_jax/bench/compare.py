@@ -15,7 +15,14 @@ converted). It needs `onnx onnxruntime onnxscript` installed in the reference's 
   python -m evit_jax.bench.compare --ref /tmp/evit-ref --targets
   python -m evit_jax.bench.compare --ref /tmp/evit-ref --case efficientvit-b2:256:4
   python -m evit_jax.bench.compare --ref /tmp/evit-ref --targets --ort --baseline ort-authors
+  python -m evit_jax.bench.compare --ref /tmp/evit-ref --sam-pipeline --rounds 3
+  python -m evit_jax.bench.compare --ref /tmp/evit-ref --train-step
   evit-bench --vs-reference /tmp/evit-ref --targets --markdown
+
+`--sam-pipeline` (or cases `NAME:set_image|boxes|amg:HxW:N`) times our `SamPredictor` /
+`SamAutomaticMaskGenerator` against the authors' `EfficientViTSamPredictor` /
+`EfficientViTSamAutomaticMaskGenerator` on the same weights and picture
+(`evit_jax.bench.sam_inputs`).
 """
 
 from __future__ import annotations
@@ -56,6 +63,13 @@ TARGETS = (Case("efficientvit-b1", "model", 1, 224, 224),
            Case("efficientvit-l1", "model", 8, 224, 224),
            Case("efficientvit-seg-b1-cityscapes", "model", 1, 512, 1024),
            Case("efficientvit-sam-l0", "encoder", 1, 512, 512))
+# The SAM pipeline targets (`evit_jax.bench.sam_inputs`): a 480x640 picture encoded, 64
+# boxes decoded in one call, the 32x32-point automatic mask generator.
+SAM_PIPELINE = (Case("efficientvit-sam-l0", "set_image", 1, 480, 640),
+                Case("efficientvit-sam-l0", "boxes", 64, 480, 640),
+                Case("efficientvit-sam-l0", "amg", 32, 480, 640))
+# One training step (forward, cross-entropy, backward, AdamW) of B1 at 224², batch 8.
+TRAIN_STEP = Case("efficientvit-b1", "train", 8, 224, 224)
 
 
 def parse_case(text: str) -> Case:
@@ -197,16 +211,17 @@ def jax_worker(label: str, threads: int, extra_env: dict[str, str],
 
 
 def run_case(case: Case, workers: list[Worker], rounds: int, calls: int, warmup: int,
-             progress=None) -> tuple[dict, dict]:
+             progress=None, onnx_dir: str | None = None) -> tuple[dict, dict]:
     """Set the case up on every worker, then `rounds` rounds of `calls` timed calls each,
     rotating which side starts. Returns (wall times, CPU times): `[side][round][call]` ms."""
     with tempfile.TemporaryDirectory(prefix="evit-compare-") as tmp:
         req = dict(model=case.model, part=case.part, batch=case.batch, height=case.height,
-                   width=case.width, warmup=warmup, state_dict=os.path.join(tmp, "ref.pt"))
+                   width=case.width, warmup=warmup, state_dict=os.path.join(tmp, "ref.pt"),
+                   onnx_dir=onnx_dir)
         # One at a time (compiling is heavy); the reference first: it writes the weights
         # that the ONNX Runtime side of evit-jax converts.
         for w in sorted(workers, key=lambda w: not w.reference):
-            w.request(cmd="setup", **req)
+            w.request(cmd="setup", label=w.label, **req)
     times: dict[str, list[list[float]]] = {w.label: [] for w in workers}
     cpu: dict[str, list[list[float]]] = {w.label: [] for w in workers}
     for r in range(rounds):
@@ -220,10 +235,30 @@ def run_case(case: Case, workers: list[Worker], rounds: int, calls: int, warmup:
     return times, cpu
 
 
+def add_efficiency(rows: list[dict], peak: float) -> None:
+    """Each model case's MACs (`count_macs`) and every side's achieved GFLOP/s and fraction
+    of `peak` (2 * MACs / median time); the SAM pipeline cases have no MAC count."""
+    from evit_jax.bench.macs import count_macs
+    from evit_jax.bench.sam_inputs import PARTS
+    for row in rows:
+        row["gemm_peak_gflops"] = peak
+        if row["part"] in PARTS or row["part"] == "train":
+            continue
+        macs = count_macs(row["model"], (row["height"], row["width"]),
+                          part=None if row["part"] == "model" else row["part"],
+                          batch=row["batch"])
+        row["macs"] = macs
+        for side in row["sides"].values():
+            side["gflops"] = 2 * macs / side["median_ms"] / 1e6
+            side["efficiency"] = side["gflops"] / peak
+
+
 def format_rows(rows: list[dict], baseline: str, markdown: bool = False) -> str:
     sides = [s for s in rows[0]["sides"] if s != baseline] if rows else []
+    with_eff = any("macs" in r for r in rows)
     head = ["case", *(f"{s} ms" for s in sides), f"{baseline} ms",
             *(f"{s} speedup (range)" for s in sides), *(f"{s} CPU-time speedup" for s in sides),
+            *(f"{s} GFLOP/s (of peak)" for s in [*sides, baseline] if with_eff),
             "load"]
     body = []
     for row in rows:
@@ -234,6 +269,9 @@ def format_rows(rows: list[dict], baseline: str, markdown: bool = False) -> str:
                        f"{st[s]['speedup_max']:.2f})" for s in sides),
                      *(f"{st[s]['cpu_speedup']:.2f}x" if "cpu_speedup" in st[s] else "-"
                        for s in sides),
+                     *(f"{st[s]['gflops']:.0f} ({100 * st[s]['efficiency']:.0f}%)"
+                       if "gflops" in st[s] else "-"
+                       for s in [*sides, baseline] if with_eff),
                      "-" if "load_avg" not in row else f"{max(row['load_avg']):.1f}"])
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -242,6 +280,24 @@ def format_rows(rows: list[dict], baseline: str, markdown: bool = False) -> str:
     fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
                               for i, (c, w) in enumerate(zip(r, widths)))
     return "\n".join([fmt(head), "  ".join("-" * w for w in widths), *map(fmt, body)])
+
+
+def format_profile(prof: dict[str, dict[str, dict]], markdown: bool) -> str:
+    """`{side: {op_type: {"ms", "nodes"}}}` -> one row per op type, slowest first."""
+    sides = sorted(prof)
+    ops = sorted({op for p in prof.values() for op in p},
+                 key=lambda op: -max(p.get(op, {"ms": 0})["ms"] for p in prof.values()))
+    head = ["op type", *(f"{s} ms (nodes)" for s in sides)]
+    cell = lambda p, op: f"{p[op]['ms']:.2f} ({p[op]['nodes']})" if op in p else "-"
+    body = [[op, *(cell(prof[s], op) for s in sides)] for op in ops]
+    body.append(["total", *(f"{sum(v['ms'] for v in prof[s].values()):.2f}" for s in sides)])
+    if markdown:
+        return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+                         + ["| " + " | ".join(b) + " |" for b in body])
+    widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
+    return "\n".join("  ".join(c.rjust(w) if i else c.ljust(w)
+                               for i, (c, w) in enumerate(zip(r, widths)))
+                     for r in [head, *body])
 
 
 def parse_env(text: str) -> tuple[str, dict[str, str]]:
@@ -263,6 +319,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--case", type=parse_case, action="append", default=[],
                     help="NAME:RES:BATCH or NAME:PART:RES:BATCH (repeatable)")
     ap.add_argument("--targets", action="store_true", help="the project's five speed targets")
+    ap.add_argument("--sam-pipeline", action="store_true",
+                    help="the SAM pipeline targets: set_image, 64 boxes, 32x32 automatic "
+                         "generator (our predictor vs the authors', same weights and picture)")
+    ap.add_argument("--train-step", action="store_true",
+                    help="B1's training step at 224² batch 8 (jitted vs eager PyTorch)")
     ap.add_argument("--threads", type=int, default=2, help="CPUs and threads of each side")
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--calls", type=int, default=3, help="timed calls per side per round")
@@ -280,6 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --ort, an extra side running evit-jax's ONNX export made with "
                          "these environment variables, e.g. 'before:PYTHONPATH=/old/checkout' "
                          "(repeatable)")
+    ap.add_argument("--ort-profile", metavar="DIR",
+                    help="with --ort: keep each ONNX Runtime side's graph in DIR and print "
+                         "where its time goes, per ONNX op type (ORT's profiler)")
     ap.add_argument("--baseline", metavar="LABEL",
                     help="the side the speedups are relative to (default: pytorch, or the "
                          "first evit-jax side with --no-ref)")
@@ -296,10 +360,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
+    from evit_jax.bench.sam_inputs import PARTS
     from evit_jax.cli import UserError
-    cases = list(args.case) + (list(TARGETS) if args.targets else [])
+    cases = (list(args.case) + (list(TARGETS) if args.targets else [])
+             + (list(SAM_PIPELINE) if args.sam_pipeline else [])
+             + ([TRAIN_STEP] if args.train_step else []))
     if not cases:
-        raise UserError("give --case NAME:RES:BATCH (repeatable) or --targets")
+        raise UserError("give --case NAME:RES:BATCH (repeatable), --targets or --sam-pipeline")
+    pipeline = [c.label for c in cases if c.part in PARTS]
+    if pipeline and (args.no_ref or args.ort or args.jax_env):
+        raise UserError(f"{pipeline[0]}: the SAM pipeline cases compare our predictor with "
+                        "the authors' (give --ref; not with --no-ref, --ort or --jax-env)")
     if args.ref is None and not args.no_ref:
         raise UserError("give --ref DEST (the reference set up by setup.sh) or --no-ref")
     from tqdm.auto import tqdm
@@ -307,6 +378,8 @@ def _main(args: argparse.Namespace) -> int:
     env = {"EVIT_FUSE_BN": "1"} if args.fuse_bn else {}
     workers = [jax_worker("evit-jax", args.threads, env)]
     workers += [jax_worker(label, args.threads, {**env, **e}) for label, e in args.jax_env]
+    if args.ort_profile and not args.ort:
+        raise UserError("--ort-profile profiles the ONNX Runtime sides: give --ort too")
     if args.ort_env and not args.ort:
         raise UserError("--ort-env adds an ONNX Runtime side: give --ort too")
     if args.ort:
@@ -325,22 +398,39 @@ def _main(args: argparse.Namespace) -> int:
         raise UserError(f"--baseline {baseline!r} is not a side; the sides are "
                         f"{', '.join(w.label for w in workers)}")
     rows = []
+    peak = None
     bar = tqdm(total=len(cases) * args.rounds, desc="side by side", unit="round",
                disable=args.no_progress, file=sys.stderr)
     try:
         for case in cases:
             bar.set_postfix_str(case.label)
             load0 = os.getloadavg()[0]
-            times, cpu = run_case(case, workers, args.rounds, args.calls, args.warmup, bar)
+            case_dir = None
+            if args.ort_profile:
+                case_dir = os.path.join(args.ort_profile, case.label.replace(" ", "_"))
+                os.makedirs(case_dir, exist_ok=True)
+            times, cpu = run_case(case, workers, args.rounds, args.calls, args.warmup, bar,
+                                  case_dir)
             rows.append({"case": case.label, **dataclasses.asdict(case), "times_ms": times,
                          "cpu_ms": cpu, "threads": args.threads,
                          "load_avg": [load0, os.getloadavg()[0]],
                          **summarise(times, baseline, cpu)})
+        peak = workers[0].request(cmd="peak")["gflops"]
     finally:
         bar.close()
         for w in workers:
             w.close()
+    add_efficiency(rows, peak)
     print(format_rows(rows, baseline, args.markdown))
+    if args.ort_profile:
+        from evit_jax.bench.ort_profile import profile_dir
+        for row in rows:
+            case_dir = os.path.join(args.ort_profile, row["case"].replace(" ", "_"))
+            row["ort_profile"] = profile_dir(case_dir, args.threads)
+            print(f"\n{row['case']}: ONNX Runtime time per call by op type (ms)")
+            print(format_profile(row["ort_profile"], args.markdown))
+    print(f"GEMM peak (float32 1024^3 matmul, {args.threads} threads): {peak:.0f} GFLOP/s; "
+          "efficiency = 2 * MACs / median time / peak")
     if args.json:
         from evit_jax.cli import write_atomic
         write_atomic(args.json, json.dumps(rows, indent=1) + "\n")

@@ -5,7 +5,8 @@ with one line `@@evit <json>` on stdout (other output of the libraries it loads 
 ignored). Requests: `{"cmd": "setup", "model", "part", "batch", "height", "width",
 "warmup"}` -> `{"ok": true, "setup_s": ...}`; `{"cmd": "time", "n": N}` ->
 `{"ok": true, "times_ms": [...], "cpu_ms": [...]}` (wall-clock and process CPU time per
-call); `{"cmd": "quit"}`. Failures answer
+call); `{"cmd": "peak"}` (JAX worker) -> `{"ok": true, "gflops": ...}`, the float32 GEMM
+rate on the worker's CPUs; `{"cmd": "quit"}`. Failures answer
 `{"ok": false, "error": "..."}`. This file is imported by both workers, so it uses only
 the standard library.
 """
@@ -36,9 +37,12 @@ def _cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def serve(setup: Callable[[dict], Callable[[], None]]) -> None:
+def serve(setup: Callable[[dict], Callable[[], None]],
+          extra: dict[str, Callable[[dict], dict]] | None = None) -> None:
     """Answer requests until `quit` or EOF. `setup(request)` builds the case and returns a
-    function that runs one call to completion."""
+    function that runs one call to completion; `extra` maps more commands to handlers
+    returning the reply's fields (the JAX worker's `peak`)."""
+    extra = extra or {}
     out = sys.stdout
     sys.stdout = sys.stderr  # stray prints must not reach the protocol stream
     run: Callable[[], None] | None = None
@@ -65,6 +69,8 @@ def serve(setup: Callable[[dict], Callable[[], None]]) -> None:
                     times.append(1e3 * (time.perf_counter() - t0))
                     cpu.append(1e3 * (_cpu_seconds() - c0))
                 reply = {"ok": True, "times_ms": times, "cpu_ms": cpu}
+            elif req["cmd"] in extra:
+                reply = {"ok": True, **extra[req["cmd"]](req)}
             else:
                 raise ValueError(f"unknown command {req['cmd']!r}")
         except Exception as e:  # reported to the driver, which stops with the message
