@@ -191,7 +191,8 @@ def test_compare_sam_pipeline_side(tmp_path):
     assert compare_main(["--no-ref", "--sam-pipeline"]) == 1  # needs the reference side
     img, b = sam_inputs.picture(48, 64), sam_inputs.boxes(48, 64, 5)
     assert img.shape == (48, 64, 3) and img.dtype == np.uint8 and len(np.unique(img)) > 50
-    assert b.shape == (5, 4) and (b[:, 2:] > b[:, :2]).all()
+    assert b.shape == (5, 4) and (b[:, 2:] > b[:, :2]).all() and (b >= 0).all()
+    assert (b[:, 0::2] <= 64).all() and (b[:, 1::2] <= 48).all()
     if not has_fixture("efficientvit-sam-l0"):
         pytest.skip("no SAM-L0 parity fixture in ../shared")
     sd, _ = synth_case("efficientvit-sam-l0")

@@ -201,3 +201,18 @@ def test_predict_before_set_image_and_bad_format(case):
         p.set_image(np.zeros((8, 8, 3), np.uint8), image_format="rgb")
     with pytest.raises(TypeError, match="EfficientViT-SAM model"):
         SamPredictor(evit_jax.create_model("efficientvit-b0"), {})
+
+
+def test_bad_box_in_a_batch_is_named_in_one_short_line():
+    """One bad box among many: the error names it (index and value), not the whole batch."""
+    from evit_jax.sam.prompts import check_boxes
+    boxes = np.tile([10.0, 10.0, 50.0, 40.0], (64, 1))
+    boxes[3, 2] = 700.0
+    with pytest.raises(ValueError, match=r"box 3 of 64 \(\[10.0, 10.0, 700.0, 40.0\]\) lies") as e:
+        check_boxes(boxes, (480, 640), batched=True)
+    assert len(str(e.value)) < 200 and "\n" not in str(e.value)
+    boxes[3] = [50.0, 10.0, 10.0, 40.0]
+    with pytest.raises(ValueError, match=r"x0 <= x1 .* box 3 of 64"):
+        check_boxes(boxes, (480, 640), batched=True)
+    with pytest.raises(ValueError, match=r"box \[5.0, 5.0, 1.0, 9.0\] is not"):
+        check_boxes([5.0, 5.0, 1.0, 9.0], (480, 640))

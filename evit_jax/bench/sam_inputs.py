@@ -30,9 +30,9 @@ def picture(h: int, w: int) -> np.ndarray:
 
 
 def boxes(h: int, w: int, n: int) -> np.ndarray:
-    """`[n, 4]` float32 XYXY boxes in pixels, spread over the picture."""
+    """`[n, 4]` float32 XYXY boxes in pixels, spread over the picture (clipped to it)."""
     i = np.arange(n, dtype=np.float64)
     cx, cy = (0.15 + 0.7 * ((i * 0.618) % 1.0)) * w, (0.15 + 0.7 * ((i * 0.382) % 1.0)) * h
     half = (0.05 + 0.15 * ((i * 0.271) % 1.0))[:, None] * np.array([w, h])
-    return np.concatenate([np.stack([cx, cy], 1) - half, np.stack([cx, cy], 1) + half],
-                          1).astype(np.float32)
+    xyxy = np.concatenate([np.stack([cx, cy], 1) - half, np.stack([cx, cy], 1) + half], 1)
+    return np.clip(xyxy, 0, [w, h, w, h]).astype(np.float32)

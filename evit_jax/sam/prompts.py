@@ -64,11 +64,20 @@ def check_boxes(box, size: tuple[int, int], batched: bool = False) -> np.ndarray
         raise ValueError(f"box must have shape {want} (XYXY pixels), got {b.shape}")
     _finite("box", b)
     h, w = size
-    if (b[..., 2] < b[..., 0]).any() or (b[..., 3] < b[..., 1]).any():
-        raise ValueError(f"box must be XYXY with x0 <= x1 and y0 <= y1, got {b.tolist()}")
-    if (b[..., 0::2] < 0).any() or (b[..., 0::2] > w).any() or (b[..., 1::2] < 0).any() \
-            or (b[..., 1::2] > h).any():
-        raise ValueError(f"box {b.tolist()} lies (partly) outside the {w}x{h} (WxH) image; "
+    rows = b.reshape(-1, 4)
+
+    def first(bad: np.ndarray) -> str:  # name one offending box, not all B of them
+        i = int(np.flatnonzero(bad)[0])
+        return (f"box {i} of {len(rows)} ({rows[i].tolist()})" if batched
+                else f"box {rows[i].tolist()}")
+
+    bad = (rows[:, 2] < rows[:, 0]) | (rows[:, 3] < rows[:, 1])
+    if bad.any():
+        raise ValueError(f"boxes must be XYXY with x0 <= x1 and y0 <= y1; {first(bad)} is not")
+    bad = ((rows[:, 0::2] < 0) | (rows[:, 0::2] > w) | (rows[:, 1::2] < 0)
+           | (rows[:, 1::2] > h)).any(1)
+    if bad.any():
+        raise ValueError(f"{first(bad)} lies (partly) outside the {w}x{h} (WxH) image; "
                          f"clip it: np.clip(box, 0, [{w}, {h}, {w}, {h}])")
     return b
 
