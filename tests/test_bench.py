@@ -189,6 +189,10 @@ def test_compare_sam_pipeline_side(tmp_path):
 
     assert [c.part for c in SAM_PIPELINE] == list(sam_inputs.PARTS)
     assert compare_main(["--no-ref", "--sam-pipeline"]) == 1  # needs the reference side
+    # Meaningless combinations stop before any worker starts, with the flag to change.
+    assert compare_main(["--ref", str(tmp_path), "--train-step", "--ort"]) == 1
+    assert compare_main(["--no-ref", "--case", "efficientvit-b0:64:1",
+                         "--ort-profile", str(tmp_path)]) == 1
     img, b = sam_inputs.picture(48, 64), sam_inputs.boxes(48, 64, 5)
     assert img.shape == (48, 64, 3) and img.dtype == np.uint8 and len(np.unique(img)) > 50
     assert b.shape == (5, 4) and (b[:, 2:] > b[:, :2]).all() and (b >= 0).all()

@@ -282,24 +282,6 @@ def format_rows(rows: list[dict], baseline: str, markdown: bool = False) -> str:
     return "\n".join([fmt(head), "  ".join("-" * w for w in widths), *map(fmt, body)])
 
 
-def format_profile(prof: dict[str, dict[str, dict]], markdown: bool) -> str:
-    """`{side: {op_type: {"ms", "nodes"}}}` -> one row per op type, slowest first."""
-    sides = sorted(prof)
-    ops = sorted({op for p in prof.values() for op in p},
-                 key=lambda op: -max(p.get(op, {"ms": 0})["ms"] for p in prof.values()))
-    head = ["op type", *(f"{s} ms (nodes)" for s in sides)]
-    cell = lambda p, op: f"{p[op]['ms']:.2f} ({p[op]['nodes']})" if op in p else "-"
-    body = [[op, *(cell(prof[s], op) for s in sides)] for op in ops]
-    body.append(["total", *(f"{sum(v['ms'] for v in prof[s].values()):.2f}" for s in sides)])
-    if markdown:
-        return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-                         + ["| " + " | ".join(b) + " |" for b in body])
-    widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
-    return "\n".join("  ".join(c.rjust(w) if i else c.ljust(w)
-                               for i, (c, w) in enumerate(zip(r, widths)))
-                     for r in [head, *body])
-
-
 def parse_env(text: str) -> tuple[str, dict[str, str]]:
     """`LABEL:KEY=VAL;KEY=VAL` -> (label, env)."""
     label, _, rest = text.partition(":")
@@ -366,11 +348,19 @@ def _main(args: argparse.Namespace) -> int:
              + (list(SAM_PIPELINE) if args.sam_pipeline else [])
              + ([TRAIN_STEP] if args.train_step else []))
     if not cases:
-        raise UserError("give --case NAME:RES:BATCH (repeatable), --targets or --sam-pipeline")
+        raise UserError("give --case NAME:RES:BATCH (repeatable), --targets, --sam-pipeline "
+                        "or --train-step")
     pipeline = [c.label for c in cases if c.part in PARTS]
     if pipeline and (args.no_ref or args.ort or args.jax_env):
         raise UserError(f"{pipeline[0]}: the SAM pipeline cases compare our predictor with "
                         "the authors' (give --ref; not with --no-ref, --ort or --jax-env)")
+    train = [c.label for c in cases if c.part == "train"]
+    if train and args.ort:
+        raise UserError(f"{train[0]}: a training step has no ONNX Runtime side; leave out --ort")
+    if args.ort_profile and not args.ort:
+        raise UserError("--ort-profile profiles the ONNX Runtime sides: give --ort too")
+    if args.ort_env and not args.ort:
+        raise UserError("--ort-env adds an ONNX Runtime side: give --ort too")
     if args.ref is None and not args.no_ref:
         raise UserError("give --ref DEST (the reference set up by setup.sh) or --no-ref")
     from tqdm.auto import tqdm
@@ -378,10 +368,6 @@ def _main(args: argparse.Namespace) -> int:
     env = {"EVIT_FUSE_BN": "1"} if args.fuse_bn else {}
     workers = [jax_worker("evit-jax", args.threads, env)]
     workers += [jax_worker(label, args.threads, {**env, **e}) for label, e in args.jax_env]
-    if args.ort_profile and not args.ort:
-        raise UserError("--ort-profile profiles the ONNX Runtime sides: give --ort too")
-    if args.ort_env and not args.ort:
-        raise UserError("--ort-env adds an ONNX Runtime side: give --ort too")
     if args.ort:
         if args.no_ref:
             raise UserError("--ort compares against the authors' export: give --ref, not --no-ref")
@@ -412,7 +398,7 @@ def _main(args: argparse.Namespace) -> int:
             times, cpu = run_case(case, workers, args.rounds, args.calls, args.warmup, bar,
                                   case_dir)
             rows.append({"case": case.label, **dataclasses.asdict(case), "times_ms": times,
-                         "cpu_ms": cpu, "threads": args.threads,
+                         "cpu_ms": cpu, "threads": args.threads, "onnx_dir": case_dir,
                          "load_avg": [load0, os.getloadavg()[0]],
                          **summarise(times, baseline, cpu)})
         peak = workers[0].request(cmd="peak")["gflops"]
@@ -423,10 +409,9 @@ def _main(args: argparse.Namespace) -> int:
     add_efficiency(rows, peak)
     print(format_rows(rows, baseline, args.markdown))
     if args.ort_profile:
-        from evit_jax.bench.ort_profile import profile_dir
+        from evit_jax.bench.ort_profile import format_profile, profile_dir
         for row in rows:
-            case_dir = os.path.join(args.ort_profile, row["case"].replace(" ", "_"))
-            row["ort_profile"] = profile_dir(case_dir, args.threads)
+            row["ort_profile"] = profile_dir(row["onnx_dir"], args.threads)
             print(f"\n{row['case']}: ONNX Runtime time per call by op type (ms)")
             print(format_profile(row["ort_profile"], args.markdown))
     print(f"GEMM peak (float32 1024^3 matmul, {args.threads} threads): {peak:.0f} GFLOP/s; "

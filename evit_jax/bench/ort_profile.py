@@ -53,13 +53,30 @@ def profile_dir(directory: str, threads: int = 2) -> dict[str, dict[str, dict]]:
             for p in sorted(glob.glob(os.path.join(directory, "*.onnx")))}
 
 
+def format_profile(prof: dict[str, dict[str, dict]], markdown: bool) -> str:
+    """`{side: {op_type: {"ms", "nodes"}}}` -> one row per op type, slowest first."""
+    sides = sorted(prof)
+    ops = sorted({op for p in prof.values() for op in p},
+                 key=lambda op: -max(p.get(op, {"ms": 0})["ms"] for p in prof.values()))
+    head = ["op type", *(f"{s} ms (nodes)" for s in sides)]
+    cell = lambda p, op: f"{p[op]['ms']:.2f} ({p[op]['nodes']})" if op in p else "-"
+    body = [[op, *(cell(prof[s], op) for s in sides)] for op in ops]
+    body.append(["total", *(f"{sum(v['ms'] for v in prof[s].values()):.2f}" for s in sides)])
+    if markdown:
+        return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+                         + ["| " + " | ".join(b) + " |" for b in body])
+    widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
+    return "\n".join("  ".join(c.rjust(w) if i else c.ljust(w)
+                               for i, (c, w) in enumerate(zip(r, widths)))
+                     for r in [head, *body])
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("onnx", nargs="+")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=10)
     args = ap.parse_args(argv)
-    from evit_jax.bench.compare import format_profile
     prof = {os.path.basename(p): op_profile(p, args.threads, args.runs) for p in args.onnx}
     print(format_profile(prof, markdown=False))
 

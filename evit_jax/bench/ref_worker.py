@@ -58,9 +58,10 @@ def ort_runner(model, x, threads: int, keep: str | None = None):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
         sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-        if keep:  # the driver's --ort-profile reads it
+        if keep:  # the driver's --ort-profile reads it; never a half-copied file
             import shutil
-            shutil.copyfile(path, keep)
+            shutil.copyfile(path, keep + ".part")
+            os.replace(keep + ".part", keep)
     feed = {"input": x.numpy()}
     return lambda: sess.run(None, feed)
 

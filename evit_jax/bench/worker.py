@@ -149,10 +149,9 @@ def ort_runner(req: dict, threads: int):
     part = req.get("part")
     kwargs = ({"part": part} if spec.task == "sam"
               else {"resolution": (req["height"], req["width"])})
-    proto = export_onnx(name, variables, batch=req["batch"], **kwargs)
-    if req.get("onnx_dir"):  # the driver's --ort-profile reads it
-        with open(os.path.join(req["onnx_dir"], req["label"] + ".onnx"), "wb") as f:
-            f.write(proto.SerializeToString())
+    # With --ort-profile the driver reads the graph back (export_onnx writes atomically).
+    keep = req.get("onnx_dir") and os.path.join(req["onnx_dir"], req["label"] + ".onnx")
+    proto = export_onnx(name, variables, keep or None, batch=req["batch"], **kwargs)
     sess = ort_session(proto, threads=threads)
     inp = sess.get_inputs()[0]
     x = np.random.default_rng(0).normal(

@@ -19,8 +19,8 @@ JAX graph inside is NHWC and ONNX Runtime's layout optimiser removes the transpo
   multimask ones); exported with an original image size (H, W) also `masks` `[B, 4, H, W]`,
   the logits upscaled as `SamPredictor` does (static shapes: the size is part of the graph).
 
-N, B and P are dynamic unless fixed (`batch`, `points`). LayerNorm and the linear-attention division
-run in float32 whatever the compute dtype, so a `float16` export stays fp16-safe.
+N, B and P are dynamic unless fixed (`batch`, `points`). LayerNorm and the linear-attention
+division run in float32 whatever the compute dtype, so a `float16` export stays fp16-safe.
 """
 
 from __future__ import annotations

@@ -57,8 +57,8 @@ def _channel_major_attention(qkv: Array, dim: int, eps: float) -> Array:
     q, k, v = jnp.split(t, 3, axis=2)                     # one Split node, [B, heads, d, N]
     q, k = jax.nn.relu(q), jax.nn.relu(k)
     # A row of ones under v makes the normaliser the last row of the same two matmuls
-    # (sum_j k_j . q_i), so the graph has two MatMul nodes per block instead of three plus
-    # a ReduceSum: the small third matmul cost ONNX Runtime more than its MACs.
+    # (sum_j k_j . q_i): two MatMul nodes per block instead of three plus a ReduceSum, the
+    # authors' graph shape (docs/speed.md has the side-by-side of both forms).
     v1 = jnp.pad(v, ((0, 0), (0, 0), (0, 1), (0, 0)), constant_values=1.0)  # [B, heads, d+1, N]
     hi = jax.lax.Precision.HIGHEST
     vk = jnp.matmul(v1, jnp.swapaxes(k, -1, -2), precision=hi)               # [B, heads, d+1, d]
