@@ -63,7 +63,8 @@ def _channel_major_attention(qkv: Array, dim: int, eps: float) -> Array:
     hi = jax.lax.Precision.HIGHEST
     vk = jnp.matmul(v1, jnp.swapaxes(k, -1, -2), precision=hi)               # [B, heads, d+1, d]
     num_den = jnp.matmul(vk, q, precision=hi)                                 # [B, heads, d+1, N]
-    out = (num_den[:, :, :dim] / (num_den[:, :, dim:] + eps)).reshape(b, heads * dim, h, w)
+    num, den = jnp.split(num_den, [dim], axis=2)          # one Split node, not two Slices
+    out = (num / (den + eps)).reshape(b, heads * dim, h, w)
     return jnp.transpose(out, (0, 2, 3, 1))
 
 
