@@ -14,6 +14,7 @@ from evit_jax.nn.depthwise import (
     default_impl,
     depthwise_conv2d,
     depthwise_impl,
+    pointwise,
     set_depthwise_impl,
 )
 from tests.helpers import rel_l2
@@ -111,3 +112,25 @@ def test_impl_selection_and_errors():
     x, w = _data((1, 4, 4, 8), 3)
     with pytest.raises(ValueError, match="does not fit"):
         depthwise_conv2d(x, w[..., :4])
+
+
+@pytest.mark.parametrize("cin,cout", [(16, 48), (48, 16)])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_pointwise_gradients_match_autodiff(cin, cout, dtype):
+    """The CPU 1x1 convolution's own VJP (weight gradient as a contiguous matmul) gives
+    autodiff's gradients of the plain einsum, whichever operand it transposes."""
+    kx, kw, kr = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, (2, 9, 7, cin)).astype(dtype)
+    w = (jax.random.normal(kw, (1, 1, cin, cout)) * cin ** -0.5).astype(dtype)
+    r = jax.random.normal(kr, (2, 9, 7, cout))
+
+    def plain(x, w):
+        return jnp.einsum("bhwi,io->bhwo", x, w[0, 0], preferred_element_type=jnp.float32)
+
+    got = jax.jit(jax.grad(lambda x, w: (pointwise(x, w) * r).sum(), (0, 1)))(x, w)
+    want = jax.jit(jax.grad(lambda x, w: (plain(x, w) * r).sum(), (0, 1)))(x, w)
+    tol = 1e-5 if dtype == jnp.float32 else 2e-2
+    for g, e in zip(got, want):
+        assert g.dtype == e.dtype and g.shape == e.shape
+        assert rel_l2(np.asarray(g, np.float32), np.asarray(e, np.float32)) < tol
+    np.testing.assert_array_equal(pointwise(x, w), plain(x, w))
