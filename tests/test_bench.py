@@ -104,6 +104,27 @@ def test_measure_row():
     assert "efficientvit-b0" in format_table([r])
 
 
+def test_xla_profile(tmp_path, capsys):
+    """Per-op kernel time of a compiled program, joined with its HLO: the kinds add up to
+    the total, the 1x1 convolutions are matmuls, and the layers are the model's blocks."""
+    from evit_jax.bench import xla_profile
+    out = tmp_path / "prof.json"
+    xla_profile.main(["--model", "efficientvit-b0", "--resolution", "64", "--calls", "2",
+                      "--json", str(out)])
+    prof = json.loads(out.read_text())
+    kinds = prof["by_kind"]
+    assert prof["total_ms"] > 0
+    assert sum(k["ms"] for k in kinds.values()) == pytest.approx(prof["total_ms"])
+    assert kinds["matmul (1x1 conv, attention, linear)"]["ops"] > 10
+    assert any(layer.startswith("EfficientViTCls/backbone/stages_") for layer in prof["by_layer"])
+    text = capsys.readouterr().out
+    assert "kind of op" in text and "total (kernel time)" in text
+    ops = xla_profile.hlo_ops("ENTRY %main {\n  %dot.1 = f32[2,3]{1,0} dot(%a, %b), "
+                              'metadata={op_name="jit(f)/M/backbone/stages_1/op_list_2/x"}\n}')
+    assert ops["dot.1"].kind.startswith("matmul") and ops["dot.1"].layer.endswith(
+        "stages_1/op_list_2")
+
+
 def test_cli_json(tmp_path, capsys):
     out = tmp_path / "rows.json"
     assert main(["--model", "efficientvit-b0", "--batch", "1", "--resolution", "32",
