@@ -44,10 +44,10 @@ class Op:
 
 
 def _kind(opcode: str, body: set[str], text: str) -> str:
+    if "convolution" in body or opcode == "convolution":  # dense k x k (YNN's or XLA's)
+        return "convolution (dense k x k)"
     if "__ynn_fusion" in text or "__xnn_fusion" in text or "dot" in body or opcode == "dot":
         return "matmul (1x1 conv, attention, linear)"
-    if "convolution" in body or opcode == "convolution":
-        return "convolution (XLA)"
     if opcode == "custom-call":
         target = _TARGET.search(text)
         return f"custom call {target.group(1) if target else '?'}"
