@@ -16,6 +16,7 @@ import sys
 
 from evit_jax.bench.measure import Result, measure
 from evit_jax.bench.programs import DTYPES, make_program, parts_of
+from evit_jax.bench.tables import render
 from evit_jax.cli import UserError, parse_resolution, run, write_atomic
 from evit_jax.zoo import list_models, model_info
 
@@ -105,11 +106,7 @@ def format_table(rows: list[Result]) -> str:
             "-" if r.xla_flops is None else f"{r.xla_flops / 1e9:.2f}",
             "-" if r.peak_bytes is None else f"{r.peak_bytes / 2**20:.0f}",
             f"{r.params / 1e6:.2f}"))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-    fmt = lambda line: "  ".join(c.rjust(w) if i > 1 else c.ljust(w)
-                                 for i, (c, w) in enumerate(zip(line, widths)))
-    return "\n".join([fmt(lines[0]), "  ".join("-" * w for w in widths)]
-                     + [fmt(line) for line in lines[1:]])
+    return render(lines[0], lines[1:], left=2, rule=True)
 
 
 def _main(args: argparse.Namespace) -> int:

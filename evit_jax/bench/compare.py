@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from evit_jax.bench.protocol import MARK
+from evit_jax.bench.tables import render
 
 HERE = Path(__file__).resolve().parent
 
@@ -273,13 +274,7 @@ def format_rows(rows: list[dict], baseline: str, markdown: bool = False) -> str:
                        if "gflops" in st[s] else "-"
                        for s in [*sides, baseline] if with_eff),
                      "-" if "load_avg" not in row else f"{max(row['load_avg']):.1f}"])
-    if markdown:
-        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        return "\n".join(lines + ["| " + " | ".join(b) + " |" for b in body])
-    widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head))]
-    fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                              for i, (c, w) in enumerate(zip(r, widths)))
-    return "\n".join([fmt(head), "  ".join("-" * w for w in widths), *map(fmt, body)])
+    return render(head, body, markdown, rule=True)
 
 
 def parse_env(text: str) -> tuple[str, dict[str, str]]:

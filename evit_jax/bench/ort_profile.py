@@ -18,6 +18,8 @@ import tempfile
 
 import numpy as np
 
+from evit_jax.bench.tables import render
+
 
 def op_profile(path: str, threads: int = 2, runs: int = 10) -> dict[str, dict]:
     """`{op_type: {"ms": kernel ms per run, "nodes": nodes of that type}}` of the graph at
@@ -62,13 +64,7 @@ def format_profile(prof: dict[str, dict[str, dict]], markdown: bool) -> str:
     cell = lambda p, op: f"{p[op]['ms']:.2f} ({p[op]['nodes']})" if op in p else "-"
     body = [[op, *(cell(prof[s], op) for s in sides)] for op in ops]
     body.append(["total", *(f"{sum(v['ms'] for v in prof[s].values()):.2f}" for s in sides)])
-    if markdown:
-        return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-                         + ["| " + " | ".join(b) + " |" for b in body])
-    widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
-    return "\n".join("  ".join(c.rjust(w) if i else c.ljust(w)
-                               for i, (c, w) in enumerate(zip(r, widths)))
-                     for r in [head, *body])
+    return render(head, body, markdown)
 
 
 def main(argv: list[str] | None = None) -> None:

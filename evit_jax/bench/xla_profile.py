@@ -28,6 +28,8 @@ import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from evit_jax.bench.tables import render
+
 _INSTR = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = .*?\s([a-z][\w\-]*)\(")
 _COMP = re.compile(r"^(?:ENTRY )?%([\w.\-]+) ")
 _CALLS = re.compile(r"calls=%([\w.\-]+)")
@@ -169,22 +171,13 @@ def format_table(prof: dict[str, Any], markdown: bool = False, layers: int = 0) 
             for k, v in sorted(prof["by_kind"].items(), key=lambda kv: -kv[1]["ms"])]
     rows.append(("total (kernel time)", f"{prof['total_ms']:.2f}", "100%", ""))
     head = ("kind of op", "ms per call", "share", "ops")
-    out = [_render(head, rows, markdown)]
+    out = [render(head, rows, markdown)]
     if layers:
         lrows = [(k, f"{v:.2f}", f"{100 * v / total:.0f}%")
                  for k, v in sorted(prof["by_layer"].items(), key=lambda kv: -kv[1])[:layers]]
-        out.append(_render(("layer", "ms per call", "share"), lrows, markdown))
+        out.append(render(("layer", "ms per call", "share"), lrows, markdown))
     return "\n\n".join(out)
 
-
-def _render(head: Sequence[str], rows: Sequence[Sequence[str]], markdown: bool) -> str:
-    if markdown:
-        return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-                         + ["| " + " | ".join(r) + " |" for r in rows])
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    return "\n".join("  ".join(c.rjust(w) if i else c.ljust(w)
-                               for i, (c, w) in enumerate(zip(r, widths)))
-                     for r in [head, *rows])
 
 
 def main(argv: list[str] | None = None) -> None:
