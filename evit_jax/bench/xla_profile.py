@@ -130,7 +130,8 @@ def trace_events(run: Callable[[], Any], calls: int) -> list[dict]:
 def profile(run: Callable[[], Any], hlo_texts: dict[str, str], calls: int = 3,
             warmup: int = 2) -> dict[str, Any]:
     """Kernel ms per call of `run`, by kind and by layer, over the compiled modules in
-    `hlo_texts` (`{module name as the profiler reports it: compiled.as_text()}`)."""
+    `hlo_texts` (`{module name as the profiler reports it: compiled.as_text()}`); `ops`:
+    every instruction's `("module:name [kind] layer", ms)`, slowest first."""
     for _ in range(warmup):
         run()
     tables = {mod: hlo_ops(text) for mod, text in hlo_texts.items()}
@@ -151,9 +152,9 @@ def profile(run: Callable[[], Any], hlo_texts: dict[str, str], calls: int = 3,
         by_layer[op.layer or "(no layer)"] += ms
         count[op.kind].add((mod, name))
         per_op[f"{mod}:{name} [{op.kind}] {op.layer}"] += ms
-    top = sorted(per_op.items(), key=lambda kv: -kv[1])[:20]
+    ops = sorted(per_op.items(), key=lambda kv: -kv[1])
     return {"by_kind": {k: {"ms": v, "ops": len(count[k])} for k, v in by_kind.items()},
-            "by_layer": dict(by_layer), "top": top, "total_ms": sum(by_kind.values())}
+            "by_layer": dict(by_layer), "ops": ops, "total_ms": sum(by_kind.values())}
 
 
 def profile_compiled(compiled: Any, args: Sequence[Any], calls: int = 3) -> dict[str, Any]:
