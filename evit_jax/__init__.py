@@ -1,5 +1,9 @@
 """evit-jax: EfficientViT (multi-scale linear attention) in JAX/Flax."""
 
+from evit_jax.malloc import keep_buffers_mapped
+
+keep_buffers_mapped()  # XLA:CPU's per-call buffers stay mapped (EVIT_MALLOC=0: off)
+
 from evit_jax.convert.keymap import convert_state_dict  # noqa: E402
 from evit_jax.fuse import fuse_bn  # noqa: E402
 from evit_jax.hub import pretrained  # noqa: E402
