@@ -100,7 +100,8 @@ def _target_in(hlo_text: str, comp: str) -> str:
 
 def _layer(op_name: str) -> str:
     """`jit(f)/Model/Model.features/backbone/stages_2/op_list_1/.../dot_general` ->
-    `backbone/stages_2/op_list_1` (the block), or the path's head where shorter."""
+    `Model/backbone/stages_2/op_list_1` (the block: up to four parts ending one below the
+    first stage/list index), or the path's first three parts."""
     # drop the jit wrappers and Flax's method scopes (`Model.features`)
     parts = [p for p in op_name.split("/") if p and not p.startswith(("jit(", "pjit("))
              and "." not in p.split("(")[0][1:]]
@@ -145,8 +146,9 @@ def profile(run: Callable[[], Any], hlo_texts: dict[str, str], calls: int = 3,
         if e.get("ph") != "X" or not name:
             continue
         mod = args.get("hlo_module", "")
-        table = tables.get(mod) or next(iter(tables.values()))
-        op = table.get(name, Op("other", ""))
+        if mod not in tables:  # another program `run` called (e.g. a small helper jit)
+            continue
+        op = tables[mod].get(name, Op("other", ""))
         ms = e["dur"] / 1e3 / calls
         by_kind[op.kind] += ms
         by_layer[op.layer or "(no layer)"] += ms
