@@ -6,7 +6,7 @@ frees them at the end. glibc serves large blocks with a fresh `mmap` and unmaps 
 again: B1 at batch 8 took ~8700 minor page faults per call, 21-25 ms of kernel time next to
 ~180 ms of compute. With `mmap` off for malloc and the heap trimmed only beyond 2 GiB of
 free top, freed blocks stay in the process and the next call reuses them (what ONNX
-Runtime's and PyTorch's caching arenas do): 300-1200 faults per call. Side by side
+Runtime's and PyTorch's caching arenas do): 580-3200 faults per call. Side by side
 (docs/speed.md) this made B1 bs8 1.10x, the Cityscapes segmenter 1.16x and the SAM decoder
 on 64 prompts 1.16x faster, and L1 and the SAM encoder unchanged.
 

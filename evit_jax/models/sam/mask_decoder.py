@@ -37,7 +37,7 @@ class ConvTranspose2x2(nn.Module):
     `shuffle=False` leaves the output unshuffled, `[..., 2, 2, features]` (`[..., a, c, o]`
     for any leading dims): per-pixel ops after it (norm, activation, a product over
     channels) commute with the shuffle, so a chain of these can shuffle once at its end, on
-    its smallest tensor (`unshuffle_to_image`).
+    its smallest tensor (`MaskDecoder` shuffles its K-channel masks).
     """
 
     features: int
