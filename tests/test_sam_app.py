@@ -36,6 +36,7 @@ import pytest
 from PIL import Image
 
 import evit_jax
+from evit_jax.models.sam.mask_decoder import unshuffled_to_image
 from evit_jax.sam import amg_utils as U
 from evit_jax.sam import prompts as P
 from evit_jax.sam.predictor import SamPredictor
@@ -85,7 +86,8 @@ def disc_weights(model, image: np.ndarray, disc: np.ndarray) -> dict:
     capture = jax.jit(lambda *a: p.decoder.apply(*a, None, None, capture_intermediates=True,
                                                  mutable=["intermediates"])[1])  # eager: 3x
     state = capture(p.decoder_variables, p.features, tc, tl)
-    up = state["intermediates"]["mask_decoder"]["output_upscaling_3"]["__call__"][0]
+    up = unshuffled_to_image(  # [1, 256, 256, 32]; the decoder keeps it unshuffled
+        state["intermediates"]["mask_decoder"]["output_upscaling_3"]["__call__"][0])
     x = jax.nn.gelu(up[0, ::2, ::2], approximate=False).reshape(-1, up.shape[-1])
     # Targets at those low-res pixels' centres, in original pixels; the padding is ignored.
     o = (8 * np.arange(128) + 4) * max(H, W) / 1024

@@ -37,7 +37,8 @@ class ConvTranspose2x2(nn.Module):
     `shuffle=False` leaves the output unshuffled, `[..., 2, 2, features]` (`[..., a, c, o]`
     for any leading dims): per-pixel ops after it (norm, activation, a product over
     channels) commute with the shuffle, so a chain of these can shuffle once at its end, on
-    its smallest tensor (`MaskDecoder` shuffles its K-channel masks).
+    its smallest tensor (`MaskDecoder` shuffles its K-channel masks; `unshuffled_to_image`
+    gives the image layout).
     """
 
     features: int
@@ -54,6 +55,14 @@ class ConvTranspose2x2(nn.Module):
             return y
         b, h, w = x.shape[:3]
         return jnp.swapaxes(y, 2, 3).reshape(b, 2 * h, 2 * w, self.features)
+
+
+def unshuffled_to_image(y: Array) -> Array:
+    """Two unshuffled 2x upscalings `[B, h, w, a1, c1, a2, c2, C]` -> the image layout
+    `[B, 4h, 4w, C]` (row 4i + 2 a1 + a2, column 4j + 2 c1 + c2): what the decoder's
+    upscaled map is, for inspecting it; the decoder itself shuffles only its masks."""
+    b, h, w = y.shape[:3]
+    return jnp.transpose(y, (0, 1, 3, 5, 2, 4, 6, 7)).reshape(b, 4 * h, 4 * w, y.shape[-1])
 
 
 class MLP(nn.Module):
