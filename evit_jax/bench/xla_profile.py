@@ -67,6 +67,7 @@ def _kind(opcode: str, body: set[str], text: str) -> str:
 def hlo_ops(hlo_text: str) -> dict[str, Op]:
     """Instruction name -> `Op`, for every instruction of a compiled module's text."""
     bodies: dict[str, set[str]] = collections.defaultdict(set)
+    targets: dict[str, str] = {}  # computation -> the custom_call_target="..." in it
     lines: list[tuple[str, str, str]] = []
     comp = ""
     for line in hlo_text.splitlines():
@@ -78,6 +79,9 @@ def hlo_ops(hlo_text: str) -> dict[str, Op]:
         if m:
             bodies[comp].add(m.group(2))
             lines.append((m.group(1), m.group(2), line))
+            target = _TARGET.search(line)
+            if target:
+                targets.setdefault(comp, target.group(0))
     ops = {}
     for name, opcode, line in lines:
         called = _CALLS.search(line)
@@ -85,17 +89,11 @@ def hlo_ops(hlo_text: str) -> dict[str, Op]:
         if called and "custom-call" in body and "dot" not in body:
             # a fusion wrapping a custom call (e.g. the FFI kernels) is that call
             opcode = "custom-call"
-            line = f"{line} {_target_in(hlo_text, called.group(1))}"
+            line = f"{line} {targets.get(called.group(1), '')}"
         op_name = _OP_NAME.search(line)
         layer = op_name.group(1) if op_name else ""
         ops[name] = Op(_kind(opcode, body, line), _layer(layer))
     return ops
-
-
-def _target_in(hlo_text: str, comp: str) -> str:
-    start = hlo_text.find(f"%{comp} ")
-    m = _TARGET.search(hlo_text, start) if start >= 0 else None
-    return f'custom_call_target="{m.group(1)}"' if m else ""
 
 
 def _layer(op_name: str) -> str:
