@@ -109,8 +109,9 @@ def test_xla_profile(tmp_path, capsys):
     the total, the 1x1 convolutions are matmuls, and the layers are the model's blocks."""
     from evit_jax.bench import xla_profile
     out = tmp_path / "prof.json"
-    xla_profile.main(["--model", "efficientvit-b0", "--resolution", "64", "--calls", "2",
-                      "--json", str(out)])
+    assert xla_profile.main(["--model", "efficientvit-b0", "--resolution", "64", "--calls",
+                             "2", "--json", str(out)]) == 0
+    assert xla_profile.main(["--model", "no-such-model"]) == 1  # one line, no traceback
     prof = json.loads(out.read_text())
     kinds = prof["by_kind"]
     assert prof["total_ms"] > 0

@@ -181,9 +181,11 @@ def format_table(prof: dict[str, Any], markdown: bool = False, layers: int = 0) 
 
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m evit_jax.bench.xla_profile",
-                                 description=__doc__.split("\n\n")[0])
+PROG = "python -m evit_jax.bench.xla_profile"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True)
     ap.add_argument("--part", default=None, help="SAM: encoder / decoder / e2e")
     ap.add_argument("--batch", type=int, default=1)
@@ -193,7 +195,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--fuse-bn", action="store_true")
     ap.add_argument("--markdown", action="store_true")
     ap.add_argument("--json", default=None, help="write the profile here")
-    args = ap.parse_args(argv)
+    from evit_jax.cli import run
+    return run(PROG, ap, _main, argv)
+
+
+def _main(args: argparse.Namespace) -> None:
     from evit_jax.bench.measure import compile_program
     from evit_jax.bench.programs import make_program
     res = None if args.resolution is None else tuple(args.resolution) * (
@@ -203,9 +209,9 @@ def main(argv: list[str] | None = None) -> None:
     prof = profile_compiled(compiled, (prog.variables, *prog.inputs), args.calls)
     print(format_table(prof, args.markdown, args.layers))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(prof, f, indent=1)
+        from evit_jax.cli import write_atomic
+        write_atomic(args.json, json.dumps(prof, indent=1))
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
