@@ -18,7 +18,7 @@ def test_sr_demo_reduced_run_beats_bicubic(tmp_path):
     gains +1.61 dB, see docs/sr.md."""
     env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
                EVIT_XLA_CACHE=os.environ.get("EVIT_TEST_XLA_CACHE") or str(tmp_path / "xla"))
-    cmd = [sys.executable, "-m", "train.main", "--config",
+    cmd = [sys.executable, "-m", "evit_jax.train.main", "--config",
            f"configs/sr_demo.py:tiny,steps={STEPS}", "--workdir", str(tmp_path / "wd"),
            "--config.data.num_workers=0", "--config.progress_bar=False",
            "--config.log_every_steps=50", "--config.checkpoint_every_steps=1000"]
@@ -40,17 +40,19 @@ def test_sr_recipe_runs_a_smoke_step(name, arg):
     import jax
     import numpy as np
     from evit_jax.train.optim import make_optimizer
-    from evit_jax.train.state import build_model, init_state, make_mesh
-    from evit_jax.train.trainer import make_train_step
-    c = importlib.import_module(f"configs.{name}").get_config(",".join(filter(None, [arg,
+    from evit_jax.train.state import init_state, make_mesh
+    from evit_jax.train.step import make_train_step
+    from evit_jax.train.tasks import get_task
+    c = importlib.import_module(f"evit_jax.configs.{name}").get_config(",".join(filter(None, [arg,
                                                                                     "runlocal"])))
     c.data.name, c.batch_size = "evit_sr_demo/tiny", 2
-    from evit_jax.train.input_pipeline import make_data
-    data = make_data(c)
-    model = build_model(c, 0)
+    task = get_task("sr")
+    data = task.make_data(c)
+    model = task.build_model(c, 0)
     tx, schedule = make_optimizer(c)
     state, _ = init_state(c, model, tx, make_mesh())
-    new, out = jax.jit(make_train_step(c, model, tx, schedule, 0))(state, next(data.train))
+    new, out = jax.jit(make_train_step(task, c, model, tx, schedule, 0))(state,
+                                                                          next(data.train))
     assert np.isfinite(float(out["loss"])) and int(new.step) == 1
 
 
@@ -58,7 +60,7 @@ def test_charbonnier_loss_option():
     """`config.loss = "charbonnier"`: mean sqrt(d^2 + eps^2), eps = 1e-3 (BasicSR's), by hand."""
     import jax.numpy as jnp
     import numpy as np
-    from evit_jax.train import sr_task
+    from evit_jax.train.tasks import sr as sr_task
     from ml_collections import ConfigDict
     pred = jnp.asarray([0.0, 0.3, 1.0, 0.5]).reshape(1, 2, 2, 1)
     target = jnp.asarray([0.0, 0.0, 0.0, 0.9]).reshape(1, 2, 2, 1)
@@ -67,4 +69,5 @@ def test_charbonnier_loss_option():
     want = (1e-3 + np.sqrt(0.09 + 1e-6) + np.sqrt(1 + 1e-6) + np.sqrt(0.16 + 1e-6)) / 4
     np.testing.assert_allclose(sr_task.sr_loss(pred, target, "charbonnier"), want, rtol=1e-6)
     with pytest.raises(ValueError, match="charbonnier"):
-        sr_task.make_train_step(ConfigDict({"loss": "huber"}), None, None, None)
+        sr_task.TASK.check_config(ConfigDict({"loss": "huber", "model": "efficientvit-sr-x2",
+                                              "input": {"patch_size": 64}}))

@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from evit_jax.cli import UserError
+
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".JPEG", ".JPG", ".PNG")
 IGNORE = 255
 
@@ -97,10 +99,10 @@ def tfds_source(name: str, split: str, data_dir: str | None) -> Any:
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError:
-        raise ValueError(f"tfds has no dataset {name!r}: check data.name (tfds names such as "
-                         "'div2k/bicubic_x2', or images:/folder)") from None
+        raise UserError(f"tfds has no dataset {name!r}: check data.name (tfds names such as "
+                        "'div2k/bicubic_x2', or images:/folder)") from None
     if not builder.is_prepared():
-        raise ValueError(
+        raise UserError(
             f"tfds {name!r} is not prepared under {builder.data_dir}: prepare it once with "
             f"`tfds build {name} --data_dir DIR --file_format array_record` and set "
             "data.data_dir=DIR")
@@ -114,17 +116,17 @@ def open_source(data: Any, split: str, task: str
     if name.startswith("folder:"):
         src, classes = _folder(name[len("folder:"):], split)
         if task != "cls":
-            raise ValueError("an ImageFolder tree only has image labels: use task 'cls'")
+            raise UserError("an ImageFolder tree only has image labels: use task 'cls'")
         return src, lambda r: {"image": _rgb(r[0]), "label": int(r[1])}, len(classes)
     if name.startswith("ade20k:"):
         src = _ade20k(name[len("ade20k:"):], split)
         return src, lambda r: {"image": _rgb(r[0]), "label": _ade_label(r[1])}, 150
     if name.split("/")[0] == "scene_parse150":
-        raise ValueError("tfds 'scene_parse150' stores the 100-category *instance* annotations "
-                         "of the Places challenge, not ADE20K's 150-class semantic labels; "
-                         "point data.name at 'ade20k:/path/to/ADEChallengeData2016' instead")
+        raise UserError("tfds 'scene_parse150' stores the 100-category *instance* annotations "
+                        "of the Places challenge, not ADE20K's 150-class semantic labels; "
+                        "point data.name at 'ade20k:/path/to/ADEChallengeData2016' instead")
     if name.split("/")[0] == "evit_shapes":
-        from .builder import load_split
+        from evit_jax.data.shapes_tfds import load_split
         config = name.split("/")[1] if "/" in name else "default"
         src = load_split(split, config, data.data_dir or None)
         if task == "seg":  # background 0, shape k -> k + 1: 11 classes
