@@ -5,8 +5,8 @@ the evaluation resolution) through the model with every BatchNorm normalising by
 current batch's statistics, and replaces each running mean / variance by the average over
 batches of the batch mean / (biased) variance. Here a method interceptor does the same
 without touching the model code: it records each BatchNorm2d input's statistics (`sow`) and
-lets the layer normalise with them (every `ConvLayer` takes its training path, so that a
-fused inference kernel does not skip its BatchNorm).
+lets the layer normalise with them (layers with a fused inference kernel take their training
+path, so that no BatchNorm is skipped).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from evit_jax.nn.conv import ConvLayer
 from evit_jax.nn.norm import BatchNorm2d
 
 from .optim import path_str
@@ -35,9 +34,10 @@ def _record_bn(next_fun, args, kwargs, context):
         mean = xf.mean(axes)
         context.module.sow("intermediates", "bn_stats", (mean, jnp.square(xf - mean).mean(axes)))
         return next_fun(x, True)  # normalise with this batch's statistics
-    if isinstance(context.module, ConvLayer) and context.method_name == "__call__":
-        # In inference a depthwise conv + BN may run as one native kernel that never calls
-        # its BatchNorm; the training path calls it (and is the same conv otherwise).
+    if hasattr(context.module, "runs_fused") and context.method_name == "__call__":
+        # In inference a depthwise conv + BN (ConvLayer) or a whole inverted bottleneck
+        # (MBConv) may run as one native kernel that never calls its BatchNorms; their
+        # training path calls them (and is the same computation otherwise, no dropout).
         return next_fun(args[0], True)
     return next_fun(*args, **kwargs)
 
