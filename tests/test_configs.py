@@ -17,7 +17,7 @@ from evit_jax.train.step import make_train_step
 from evit_jax.train.tasks import get_task, registered
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG_FILES = sorted(os.path.basename(p)[:-3] for p in glob.glob(f"{ROOT}/configs/*.py")
+CONFIG_FILES = sorted(os.path.basename(p)[:-3] for p in glob.glob(f"{ROOT}/configs/[!_]*.py")
                       if hasattr(importlib.import_module(
                           f"evit_jax.configs.{os.path.basename(p)[:-3]}"), "get_config"))
 REQUIRED = ("seed", "batch_size", "total_steps", "checkpoint_every_steps")
@@ -66,7 +66,7 @@ def test_every_config_imports_the_configs_one_way():
     given by path is the same module as the package's."""
     for path in glob.glob(f"{ROOT}/configs/*.py"):
         text = open(path).read()
-        assert "ImportError" not in text and "from configs" not in text, path
+        assert "except ImportError" not in text and "from configs" not in text, path
     demo = importlib.import_module("evit_jax.configs.demo")
     assert config_loader._module(f"{ROOT}/configs/demo.py") is demo
 

@@ -36,7 +36,7 @@ def test_eval_cli_on_converted_weights_matches_direct_computation(tmp_path, synt
             Image.fromarray(rng.integers(0, 255, (70, 90, 3), np.uint8)).save(
                 root / "val" / cls / f"{i}.png")
     res = run_eval(["--model", "efficientvit-b0", "--weights", path, "--data", f"folder:{root}",
-                    "--split", "val", "--size", "64", "--batch_size", "4", "--num_workers", "0",
+                    "--split", "val", "--size", "64", "--batch-size", "4", "--num-workers", "0",
                     "--out", str(tmp_path / "r.json"), "--allow-class-mismatch"])
     assert json.load(open(tmp_path / "r.json")) == res and res["examples"] == 9
 

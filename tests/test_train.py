@@ -180,8 +180,8 @@ def test_evit_eval_on_the_workdir_reproduces_the_training_eval(reference_run, sh
     from evit_jax.train.evaluate import run_eval
     wd, _ = reference_run
     res = json.load(open(wd / "eval_results.json"))
-    out = run_eval(["--weights", str(wd), "--data", "evit_shapes/tiny", "--data_dir",
-                    shapes_dir, "--examples", "32", "--batch_size", "16", "--num_workers", "0"])
+    out = run_eval(["--weights", str(wd), "--data", "evit_shapes/tiny", "--data-dir",
+                    shapes_dir, "--examples", "32", "--batch-size", "16", "--num-workers", "0"])
     assert out["model"] == "efficientvit-b0" and out["examples"] == 32
     assert out["top1"] == res["top1"] and out["top5"] == res["top5"]
 

@@ -4,7 +4,7 @@ that name: the loop (`trainer`, `step`, `state`, `checkpoint`), the one input pi
 (`datasets/`), losses, optimizer, evaluation. It imports the library, never the other way
 round (docs/architecture.md)."""
 
-if __name__ != "evit_jax.train":  # e.g. `python -m train.main` in a checkout
+if not __name__.startswith("evit_jax.train"):  # e.g. `python -m train.main` in a checkout
     raise ImportError(f"the trainer is imported as evit_jax.train, not {__name__!r}: run "
                       "`evit-train ...` or `python -m evit_jax.train.main ...` (pip install -e . "
                       "installs it)")

@@ -31,6 +31,8 @@ class Task:
     EMA -> metrics, the same for every task).
     """
 
+    percent_metrics: tuple[str, ...] = ()  # eval metrics that are fractions, plotted as %
+
     def check_config(self, config: Any) -> None:
         """Raise `UserError` for settings this task cannot train with (before anything is
         built or read)."""
@@ -75,14 +77,10 @@ class Task:
         return ", ".join(f"{k} {v:.4f}" for k, v in results.items())
 
     def summary(self, results: dict[str, Any]) -> str:
-        """The metrics part of the closing `Done:` line of evit-train."""
-        return self.format_metrics({k: v for k, v in results.items() if k != "step"
-                                    and isinstance(v, float) and k not in _RUN_KEYS})
-
-    percent_metrics: tuple[str, ...] = ()  # eval metrics that are fractions, plotted as %
-
-
-_RUN_KEYS = ("img_per_s",)
+        """The metrics part of evit-train's closing `Done:` line; `results` is what
+        `train_and_evaluate` returns (the final metrics, `step`, `img_per_s`, paths)."""
+        return self.format_metrics({k: v for k, v in results.items() if isinstance(v, float)
+                                    and k not in ("step", "img_per_s")})
 
 
 def registered() -> list[str]:
