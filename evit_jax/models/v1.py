@@ -85,14 +85,14 @@ class V1Config:
 
         Linear: `attn_ratio * width / dim` heads of `dim`. Softmax (the ablation): heads of
         `softmax_dim`, as many as give the same MACs per token (q/k/v and output projections
-        plus the token mixing) at `softmax_resolution`, where a stride-2**stage map has
-        `(softmax_resolution / 2**stage)**2` tokens.
+        plus the token mixing) at `softmax_resolution`, where stage i (stride 2**(i+1)) has
+        `(softmax_resolution / 2**(i+1))**2` tokens.
         """
         width = self.width_list[stage]
         total = self.attn_ratio * width
         if attention == "linear":
             return total // self.dim, self.dim
-        tokens = (self.softmax_resolution >> stage) ** 2
+        tokens = (self.softmax_resolution >> (stage + 1)) ** 2
         d = self.softmax_dim
         linear = 4 * width * total + 2 * total * self.dim + total  # per token
         per_head = 4 * width * d + 2 * tokens * d
