@@ -83,7 +83,8 @@ def test_params_and_macs_match_the_paper_and_the_readme(name):
 
 def test_segmenter_macs_at_every_paper_resolution():
     # "r1408" / "r1536" / "r2048" are the longer side of a 1:2 Cityscapes input: at those
-    # sizes the count lands within 1.4 % of 9.1 / 10.8 / 19.1 G (a square r1408 would be 13 G).
+    # sizes the count lands within 1.4 % of 9.1 / 10.8 / 19.1 G (a square 1408x1408 input
+    # would be 17.9 G, 1408 as the shorter side 35.9 G).
     model = evit_jax.create_model(SEG)
     for hw, paper in evit_jax.model_info(SEG).paper["macs_at"].items():
         assert abs(_macs(model, hw) / paper - 1) < TOLERANCE, hw
