@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
+from evit_jax.errors import UserError, UserOptionError
 from evit_jax.models.backbone import BackboneConfig, EfficientViTBackbone
 from evit_jax.models.cls import EfficientViTCls
 from evit_jax.models.heads import ClsHead, ClsHeadConfig, SegHeadConfig, seg_head
@@ -30,7 +31,6 @@ from evit_jax.models.sam.prompt_encoder import PromptEncoder
 from evit_jax.models.seg import EfficientViTSeg
 from evit_jax.models.sr import EfficientViTSR, SRBodyConfig, SRHeadConfig
 from evit_jax.models.v1 import FastSegHead, FastSegHeadConfig, V1Backbone, V1Config
-from evit_jax.cli import UserError
 from evit_jax.nn.conv import with_folded_bn
 from evit_jax.nn.init import recording
 
@@ -259,11 +259,6 @@ ABLATIONS = {
 }
 
 
-class OptionError(UserError, TypeError):
-    """A `create_model` option that the model does not take (a `UserError`; also a
-    `TypeError`, what an unexpected keyword argument raises)."""
-
-
 def list_models(pattern: str | None = None) -> list[str]:
     """Every zoo name (sorted), optionally filtered by a shell pattern like `*seg*`."""
     names = sorted(MODELS)
@@ -275,7 +270,7 @@ def _canonical(name: str) -> str:
     if base not in MODELS:
         close = difflib.get_close_matches(name, list(MODELS), n=4, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown model {name!r}{hint} (evit_jax.list_models() lists all)")
+        raise UserError(f"unknown model {name!r}{hint} (evit_jax.list_models() lists all)")
     return base
 
 
@@ -359,7 +354,7 @@ def create_model(name: str, dtype: Any = jnp.float32, fused_bn: bool = False,
         classifier for fine-tuning); the papers' ablations (`ABLATIONS`):
         `attention="softmax"`, `ffn="vanilla"` (v1 models), `multi_scale=False`,
         `global_attention=False` (models with LiteMLA). An option the model does not take
-        raises `OptionError` (a `UserError`) naming what it applies to.
+        raises `UserOptionError` (a `UserError`) naming what it applies to.
     Returns:
       A `flax.linen.Module`; `model.apply(variables, x)` runs inference on `[N, H, W, 3]`.
     """
@@ -391,7 +386,7 @@ def model_from_spec(spec: ModelSpec, dtype: Any = jnp.float32, fused_bn: bool = 
     if unknown:
         allowed = sorted(declared | ({"num_classes"} & head_fields))
         scope = "; ".join(f"{k} applies to {ABLATIONS[k]}" for k in unknown if k in ABLATIONS)
-        raise OptionError(f"create_model({name!r}) got unknown options {unknown}"
+        raise UserOptionError(f"create_model({name!r}) got unknown options {unknown}"
                           + (f" ({scope})" if scope else "") + f"; allowed: {allowed}")
     return with_folded_bn(model) if fused_bn else model  # fused_bn: evit_jax.nn.conv
 
@@ -401,8 +396,8 @@ def sam_spec(model: str, encoder_size: int = 0, grid: int = 0) -> ModelSpec:
     (0 = the model's own; training runs at reduced sizes), or the entry itself."""
     spec = model_info(model)
     if spec.task != "sam":
-        raise ValueError(f"the SAM tasks need an EfficientViT-SAM model "
-                         f"(efficientvit-sam-l0 ...), got {model!r}")
+        raise UserError(f"the SAM tasks need an EfficientViT-SAM model "
+                        f"(efficientvit-sam-l0 ...), got {model!r}")
     head = spec.head
     size, g = encoder_size or head.encoder_size, grid or head.decoder.grid
     if (size, g) == (head.encoder_size, head.decoder.grid):

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from evit_jax.cli import UserError
+from evit_jax.errors import UserError
 from evit_jax.nn import (
     DSConv,
     EfficientViTBlock,

@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from evit_jax.cli import UserError
+from evit_jax.errors import UserError
 from evit_jax.models.v1_blocks import DownsampleBlock, ELABlock
 from evit_jax.nn import DSConv, MBConv, OpSequential, ResidualBlock, UpSample, get_act
 from evit_jax.nn.conv import ConvLayer
