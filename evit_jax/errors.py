@@ -2,7 +2,7 @@
 `nn`, `models`, the zoo, the library, the apps, the trainer).
 
 A placeholder of the hygiene branch's module of the same name (which adds the path errors and
-`require`): the same two classes, so the branches merge by taking that file.
+`require`): the same class, so the branches merge by taking that file.
 """
 
 from __future__ import annotations
@@ -14,9 +14,3 @@ class UserError(ValueError):
     The message says what is wrong and how to fix it, in one line where possible; the CLIs
     print it without a traceback.
     """
-
-
-class UserOptionError(TypeError, UserError):
-    """A keyword option the function does not take: a `TypeError`, as Python raises for an
-    unexpected keyword argument, and a `UserError`, since configs and command lines pass
-    options through (`create_model(name, colour=1)`)."""

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from evit_jax.errors import UserError, UserOptionError
+from evit_jax.errors import UserError
 from evit_jax.models.backbone import BackboneConfig, EfficientViTBackbone
 from evit_jax.models.cls import EfficientViTCls
 from evit_jax.models.heads import ClsHead, ClsHeadConfig, SegHeadConfig, seg_head
@@ -259,6 +259,12 @@ ABLATIONS = {
 }
 
 
+class OptionError(UserError, TypeError):
+    """A `create_model` option the model does not take: a `UserError` (one line from the
+    commands: configs and command lines pass options through) and a `TypeError`, what an
+    unexpected keyword argument raises."""
+
+
 def list_models(pattern: str | None = None) -> list[str]:
     """Every zoo name (sorted), optionally filtered by a shell pattern like `*seg*`."""
     names = sorted(MODELS)
@@ -354,7 +360,7 @@ def create_model(name: str, dtype: Any = jnp.float32, fused_bn: bool = False,
         classifier for fine-tuning); the papers' ablations (`ABLATIONS`):
         `attention="softmax"`, `ffn="vanilla"` (v1 models), `multi_scale=False`,
         `global_attention=False` (models with LiteMLA). An option the model does not take
-        raises `UserOptionError` (a `UserError`) naming what it applies to.
+        raises `OptionError` (a `UserError`) naming what it applies to.
     Returns:
       A `flax.linen.Module`; `model.apply(variables, x)` runs inference on `[N, H, W, 3]`.
     """
@@ -386,7 +392,7 @@ def model_from_spec(spec: ModelSpec, dtype: Any = jnp.float32, fused_bn: bool = 
     if unknown:
         allowed = sorted(declared | ({"num_classes"} & head_fields))
         scope = "; ".join(f"{k} applies to {ABLATIONS[k]}" for k in unknown if k in ABLATIONS)
-        raise UserOptionError(f"create_model({name!r}) got unknown options {unknown}"
+        raise OptionError(f"create_model({name!r}) got unknown options {unknown}"
                           + (f" ({scope})" if scope else "") + f"; allowed: {allowed}")
     return with_folded_bn(model) if fused_bn else model  # fused_bn: evit_jax.nn.conv
 
