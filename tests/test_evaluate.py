@@ -105,8 +105,9 @@ def test_segmentation_eval_on_converted_weights(shapes_dir, synth):
 def test_a_model_of_other_classes_is_refused(tmp_path, shapes_dir, capsys):
     """issue 25: a 1000-class model on the 10-class embedded set scored 0.0 top-1 with exit
     0; now it is a one-line error naming the fix, unless asked for explicitly."""
-    import evit_jax
     from evit_jax.train.evaluate import main
+
+    import evit_jax
     model = evit_jax.create_model("efficientvit-b0")  # 1000 classes
     weights = evit_jax.save_variables(evit_jax.init_variables(model), tmp_path / "b0",
                                       model="efficientvit-b0")

@@ -64,9 +64,9 @@ def _batch(config, n_img=2, m=3):
 def test_multimask_step_backprops_only_the_best_output():
     """(~75 s: three eager forward/backward passes of L0.)"""
     from evit_jax.configs import sam_common
-    from evit_jax.train import sam_task
+    from evit_jax.train.tasks import sam as sam_task
     c = sam_common.runlocal(sam_common.sam_base())
-    model = sam_task.build_model(c)
+    model = sam_task.TASK.build_model(c)
     import evit_jax
     v = evit_jax.init_variables(model, 0)
     batch = _batch(c)

@@ -4,8 +4,8 @@ a reduced run.
 
 Runs are real `python -m evit_jax.train.main` (= evit-train) processes of EfficientViT-B0 on
 the tiny embedded dataset, 1 process x 4 CPU devices unless a test says otherwise (the
-2-process run: 2 x 2). They share one XLA compilation cache and, except for the demo run, one program (`_cmd`), so
-only the first run of each device layout pays the compile.
+2-process run: 2 x 2). They share one XLA compilation cache and, except for the demo run, one
+program (`_cmd`), so only the first run of each device layout pays the compile.
 """
 
 from __future__ import annotations

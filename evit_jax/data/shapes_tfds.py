@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from evit_jax.cli import UserError
+from evit_jax.errors import UserError
 from evit_jax.data import shapes
 
 DEFAULT_DATA_DIR = os.path.join(os.path.expanduser("~"), ".cache", "evit_jax",
