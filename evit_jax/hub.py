@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from evit_jax.cli import UserError
+from evit_jax.errors import UserError
 
 REPOS = {"cls": "han-cai/efficientvit-cls", "seg": "han-cai/efficientvit-seg",
          "sam": "mit-han-lab/efficientvit-sam"}

@@ -29,6 +29,14 @@ from typing import Any
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
+from evit_jax.errors import (
+    UserError,
+    UserFileExistsError,
+    UserFileNotFoundError,
+    UserNotADirectoryError,
+    user_path,
+)
+
 FORMAT = "evit-jax-variables"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "variables.safetensors"
@@ -62,10 +70,10 @@ def save_variables(variables: Mapping[str, Any], directory: str | os.PathLike, *
 
     dst = Path(directory)
     if dst.exists() and not dst.is_dir():
-        raise FileExistsError(f"{dst} exists and is a file, not a directory")
+        raise UserFileExistsError(f"{dst} exists and is a file, not a directory")
     if dst.is_dir() and any(dst.iterdir()) and not overwrite:
-        raise FileExistsError(f"{dst} already exists and is not empty; choose another "
-                              "directory or pass overwrite=True (--overwrite)")
+        raise UserFileExistsError(f"{dst} already exists and is not empty; choose another "
+                                  "directory or pass overwrite=True (--overwrite)")
     flat = _flat(variables)
     config = {"format": FORMAT, "format_version": FORMAT_VERSION,
               "evit_jax_version": __version__, "model": model,
@@ -73,21 +81,22 @@ def save_variables(variables: Mapping[str, Any], directory: str | os.PathLike, *
               "num_params": int(sum(v.size for k, v in flat.items() if k.startswith("params/"))),
               "metadata": dict(metadata or {})}
     text = json.dumps(config, indent=2, sort_keys=True) + "\n"  # fail early if not JSON-able
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.parent / f".{dst.name}.tmp-{secrets.token_hex(6)}"
-    tmp.mkdir()  # unlike mkdtemp, honours the umask: the result is as readable as any dir
-    try:
-        save_file(flat, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT,
-                                                            "model": model or ""})
-        (tmp / CONFIG_FILE).write_text(text)
-        for name in (WEIGHTS_FILE, CONFIG_FILE):
-            os.chmod(tmp / name, tmp.stat().st_mode & 0o666)  # safetensors writes 0600
-            with open(tmp / name, "rb") as f:
-                os.fsync(f.fileno())
-        _move_into_place(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with user_path(dst, "write"):  # no permission, disk full: one line naming DST
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.parent / f".{dst.name}.tmp-{secrets.token_hex(6)}"
+        tmp.mkdir()  # unlike mkdtemp, honours the umask: the result is as readable as any dir
+        try:
+            save_file(flat, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT,
+                                                                "model": model or ""})
+            (tmp / CONFIG_FILE).write_text(text)
+            for name in (WEIGHTS_FILE, CONFIG_FILE):
+                os.chmod(tmp / name, tmp.stat().st_mode & 0o666)  # safetensors writes 0600
+                with open(tmp / name, "rb") as f:
+                    os.fsync(f.fileno())
+            _move_into_place(tmp, dst)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return dst
 
 
@@ -114,24 +123,26 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
     d = Path(directory)
     path = d / CONFIG_FILE
     if d.is_file():
-        raise NotADirectoryError(f"{d} is a file, not a variables directory (load a checkpoint "
-                                 "file with load_variables(path, model=NAME))")
+        raise UserNotADirectoryError(f"{d} is a file, not a variables directory (load a checkpoint "
+                                     "file with load_variables(path, model=NAME))")
     if not d.is_dir():
-        raise FileNotFoundError(f"{d}: no such directory (convert a checkpoint into it with "
-                                "`evit-convert --model NAME --src FILE --dst DIR`)")
+        raise UserFileNotFoundError(f"{d}: no such directory (convert a checkpoint into it with "
+                                    "`evit-convert --model NAME --src FILE --dst DIR`)")
     if not path.is_file():
-        raise FileNotFoundError(f"{d}: not an evit-jax variables directory (no {CONFIG_FILE}; "
-                                "expected what save_variables / evit-convert write)")
+        raise UserFileNotFoundError(f"{d}: not an evit-jax variables directory (no {CONFIG_FILE}; "
+                                    "expected what save_variables / evit-convert write)")
+    with user_path(path):
+        raw = path.read_bytes()
     try:
-        config = json.loads(path.read_text())
+        config = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: corrupt ({e}); convert the checkpoint again") from None
+        raise UserError(f"{path}: corrupt ({e}); convert the checkpoint again") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise ValueError(f"{path}: not an evit-jax variables config")
+        raise UserError(f"{path}: not an evit-jax variables config")
     if int(config.get("format_version", 0)) > FORMAT_VERSION:
-        raise ValueError(f"{d}: written in format version {config['format_version']} by "
-                         f"evit-jax {config.get('evit_jax_version')}; this evit-jax reads up "
-                         f"to {FORMAT_VERSION}: upgrade evit-jax")
+        raise UserError(f"{d}: written in format version {config['format_version']} by "
+                        f"evit-jax {config.get('evit_jax_version')}; this evit-jax reads up "
+                        f"to {FORMAT_VERSION}: upgrade evit-jax")
     return config
 
 
@@ -195,10 +206,10 @@ def recorded_model(path: str | os.PathLike) -> str | None:
     return None
 
 
-def _missing(p: Path) -> FileNotFoundError:
-    return FileNotFoundError(f"{p}: no such file or directory (give a variables directory "
-                             "written by evit-convert, a training workdir, or a checkpoint "
-                             "file .pt/.pth/.bin/.safetensors)")
+def _missing(p: Path) -> UserFileNotFoundError:
+    return UserFileNotFoundError(f"{p}: no such file or directory (give a variables directory "
+                                 "written by evit-convert, a training workdir, or a checkpoint "
+                                 "file .pt/.pth/.bin/.safetensors)")
 
 
 def same_model(a: str, b: str) -> bool:
@@ -215,7 +226,6 @@ def same_model(a: str, b: str) -> bool:
 def check_model(path: str | os.PathLike, recorded: str | None, model: str | None) -> None:
     """Raise a one-line UserError when weights recorded as `recorded` are asked for as
     `model` (nothing to check when either is unknown)."""
-    from evit_jax.cli import UserError
     from evit_jax.zoo import model_info
 
     if not model or not recorded:
@@ -234,7 +244,6 @@ def check_model(path: str | os.PathLike, recorded: str | None, model: str | None
 def check_fits(path: str | os.PathLike, variables: Mapping[str, Any], model: str) -> None:
     """Raise a one-line UserError unless `variables` have exactly the arrays (paths and
     shapes) of zoo model `model`: the check for weights that record no model name."""
-    from evit_jax.cli import UserError
     from evit_jax.zoo import abstract_variables, create_model
 
     want = flatten_dict(abstract_variables(create_model(model)), sep="/")
@@ -250,7 +259,6 @@ def check_fits(path: str | os.PathLike, variables: Mapping[str, Any], model: str
 
 
 def _load_checkpoint_file(p: Path, model: str | None, key: str | None) -> dict[str, Any]:
-    from evit_jax.cli import UserError
     from evit_jax.convert.keymap import convert_state_dict
     from evit_jax.convert.readers import load_state_dict
 
@@ -266,12 +274,13 @@ def _read_weights(d: Path) -> dict[str, Any]:
 
     weights = d / WEIGHTS_FILE
     if not weights.is_file():
-        raise ValueError(f"{d}: incomplete variables directory ({WEIGHTS_FILE} is missing); "
-                         "convert the checkpoint again")
+        raise UserError(f"{d}: incomplete variables directory ({WEIGHTS_FILE} is missing); "
+                        "convert the checkpoint again")
     import ml_dtypes  # noqa: F401  (lets safetensors read bfloat16 arrays)
 
     try:
-        flat = load_file(str(weights))
+        with user_path(weights):
+            flat = load_file(str(weights))
     except SafetensorError as e:
-        raise ValueError(f"{weights}: corrupt ({e}); convert the checkpoint again") from None
+        raise UserError(f"{weights}: corrupt ({e}); convert the checkpoint again") from None
     return unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})

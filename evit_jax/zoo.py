@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
+from evit_jax.errors import UserError, UserOptionError
 from evit_jax.models.backbone import BackboneConfig, EfficientViTBackbone
 from evit_jax.models.cls import EfficientViTCls
 from evit_jax.models.heads import ClsHead, ClsHeadConfig, SegHeadConfig, seg_head
@@ -223,7 +224,7 @@ def _canonical(name: str) -> str:
     if base not in MODELS:
         close = difflib.get_close_matches(name, list(MODELS), n=4, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown model {name!r}{hint} (evit_jax.list_models() lists all)")
+        raise UserError(f"unknown model {name!r}{hint} (evit_jax.list_models() lists all)")
     return base
 
 
@@ -333,8 +334,8 @@ def model_from_spec(spec: ModelSpec, dtype: Any = jnp.float32, fused_bn: bool = 
     unknown = sorted(set(overrides) - declared)
     if unknown:
         allowed = sorted(declared | ({"num_classes"} & head_fields))
-        raise TypeError(f"create_model({name!r}) got unknown options {unknown}; "
-                        f"allowed: {allowed}")
+        raise UserOptionError(f"create_model({name!r}) got unknown options {unknown}; "
+                              f"allowed: {allowed}")
     return with_folded_bn(model) if fused_bn else model  # fused_bn: evit_jax.nn.conv
 
 
@@ -343,8 +344,8 @@ def sam_spec(model: str, encoder_size: int = 0, grid: int = 0) -> ModelSpec:
     (0 = the model's own; training runs at reduced sizes), or the entry itself."""
     spec = model_info(model)
     if spec.task != "sam":
-        raise ValueError(f"the SAM tasks need an EfficientViT-SAM model "
-                         f"(efficientvit-sam-l0 ...), got {model!r}")
+        raise UserError(f"the SAM tasks need an EfficientViT-SAM model "
+                        f"(efficientvit-sam-l0 ...), got {model!r}")
     head = spec.head
     size, g = encoder_size or head.encoder_size, grid or head.decoder.grid
     if (size, g) == (head.encoder_size, head.decoder.grid):

@@ -31,6 +31,7 @@ from evit_jax.bench.programs import make_program
 from evit_jax.cli import run
 from evit_jax.nn.depthwise import depthwise_impl
 from evit_jax.zoo import abstract_variables, create_model, list_models, model_info
+from evit_jax.errors import UserError
 
 # MACs as the papers print them, in G (spec section 9.1-9.4: EfficientViT Tables 4-6 and
 # EfficientViT-SAM Table 6). Only these rows have a published figure.
@@ -119,7 +120,7 @@ def main(args: argparse.Namespace) -> int:
     if args.models:
         names = fnmatch.filter(names, args.models)
         if not names:
-            raise ValueError(f"no released checkpoint matches {args.models!r}")
+            raise UserError(f"no released checkpoint matches {args.models!r}")
     print(HEADER, flush=True)
     for name in names:  # printed as they come: the big ones take a minute each to compile
         print(format_row(row(name, xla=not args.no_xla)), flush=True)

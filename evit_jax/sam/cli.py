@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from evit_jax.cli import UserError, run, write_atomic
+from evit_jax.errors import UserFileNotFoundError, path_error
 
 PROG = "evit-segment"
 
@@ -32,7 +33,7 @@ def _floats(text: str, n: tuple[int, ...], what: str) -> list[float]:
         vals = []
     if len(vals) not in n:
         raise UserError(f"{what} {text!r}: expected {' or '.join(map(str, n))} comma-separated "
-                         "numbers")
+                        "numbers")
     return vals
 
 
@@ -45,7 +46,7 @@ def read_image(path: str | Path) -> np.ndarray:
 
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"{p}: no such image file")
+        raise UserFileNotFoundError(f"{p}: no such image file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -56,7 +57,11 @@ def read_image(path: str | Path) -> np.ndarray:
                         "first") from None
     except UnidentifiedImageError:
         raise UserError(f"{p}: not an image file PIL can read (give a PNG, JPEG, ...)") from None
-    except (OSError, SyntaxError, ValueError) as e:  # PIL's decoders: truncated / corrupt data
+    except OSError as e:
+        if e.errno is not None:  # the system's refusal (permission, I/O error), not PIL's
+            raise path_error(e, p) from e
+        raise UserError(f"{p}: cannot decode the image ({e}); is the file complete?") from None
+    except (SyntaxError, ValueError) as e:  # PIL's decoders: truncated / corrupt data
         raise UserError(f"{p}: cannot decode the image ({e}); is the file complete?") from None
 
 
