@@ -20,7 +20,6 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from evit_jax.errors import UserError
 
 MARK = "@@evit "
 
@@ -29,7 +28,7 @@ def pin(threads: int) -> None:
     """Run on the first `threads` CPUs this process may use (both sides alike)."""
     cpus = sorted(os.sched_getaffinity(0))
     if threads > len(cpus):
-        raise UserError(f"{threads} threads asked, {len(cpus)} CPUs available")
+        raise ValueError(f"{threads} threads asked, {len(cpus)} CPUs available")
     os.sched_setaffinity(0, cpus[:threads])
 
 

@@ -29,9 +29,9 @@ import jax
 from evit_jax.bench.macs import count_params, count_program_macs
 from evit_jax.bench.programs import make_program
 from evit_jax.cli import run
+from evit_jax.errors import UserError
 from evit_jax.nn.depthwise import depthwise_impl
 from evit_jax.zoo import abstract_variables, create_model, list_models, model_info
-from evit_jax.errors import UserError
 
 # MACs as the papers print them, in G (spec section 9.1-9.4: EfficientViT Tables 4-6 and
 # EfficientViT-SAM Table 6). Only these rows have a published figure.
