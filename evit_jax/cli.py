@@ -14,7 +14,11 @@ converter's `CheckpointFormatError` / `CheckpointMismatchError`, a missing `[tra
 dependency (`MissingDependencyError`) and the path errors derive from it. Anything else that
 escapes `main` (a `ValueError`, `KeyError`, `OSError` ...) is a bug in evit-jax and keeps its
 traceback (exit status 1, Python's own report). `EVIT_TRACEBACK=1` shows the traceback of user
-errors too.
+errors too. One more case is the user's to fix: a `ModuleNotFoundError` for a package that an
+extra declares (`evit_jax.errors.EXTRAS`: grain, tensorflow-datasets, ... of `[train]`) is
+reported as the one line `... pip install 'evit-jax[train]'`, wherever the import happens
+(library code asks first with `evit_jax.errors.require`); any other missing module is a broken
+install or a bug and keeps its traceback.
 
 Input and output paths. The user's files fail in ordinary ways (missing, a directory where a
 file belongs, no permission, disk full, an image PIL cannot read). The library turns these
@@ -40,7 +44,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from evit_jax.errors import UserError, user_path
+from evit_jax.errors import UserError, missing_dependency, user_path
 
 __all__ = ["EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "EXIT_USER_ERROR", "USER_ERRORS",
            "UserError", "one_line", "parse_resolution", "run", "write_atomic"]
@@ -62,14 +66,22 @@ def run(prog: str, parser: argparse.ArgumentParser, main: Callable[[argparse.Nam
         argv: Sequence[str] | None = None) -> int:
     """Parse `argv`, call `main(args)`, and return the exit status (module docstring)."""
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:  # --help (0) or a bad command line (2), already printed
-        return int(e.code or 0) if not isinstance(e.code, str) else EXIT_USAGE
-    try:
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as e:  # --help (0) or a bad command line (2), already printed
+            return int(e.code or 0) if not isinstance(e.code, str) else EXIT_USAGE
         status = main(args)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except ModuleNotFoundError as e:  # a package of an extra ([train]) that is not installed
+        error = missing_dependency(e)
+        if error is None:
+            raise  # not an optional dependency: a broken install or a bug
+        if os.environ.get("EVIT_TRACEBACK"):
+            raise error from e
+        print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
+        return EXIT_USER_ERROR
     except USER_ERRORS as e:
         if os.environ.get("EVIT_TRACEBACK"):
             raise

@@ -98,16 +98,37 @@ def user_path(path: str | os.PathLike, doing: str = "read") -> Iterator[None]:
         raise path_error(e, path, doing) from e
 
 
-def require(module: str, *, extra: str = "train", package: str | None = None) -> ModuleType:
-    """Import `module`, or raise a one-line `MissingDependencyError` naming the extra that
-    installs it: `require("grain", extra="train")`. `package`: its pip name, when it differs
-    from the module's (`orbax.checkpoint` comes with `orbax-checkpoint`)."""
+# What each optional extra installs that evit-jax imports: module (top level) -> pip name.
+# `pip install evit-jax` carries inference, conversion and export; `[train]` the trainer's
+# packages (tests/test_install.py checks this table against pyproject.toml).
+EXTRAS: dict[str, dict[str, str]] = {
+    "train": {"tensorflow_datasets": "tensorflow-datasets", "grain": "grain",
+              "orbax": "orbax-checkpoint", "tensorboardX": "tensorboardX",
+              "matplotlib": "matplotlib", "ml_collections": "ml_collections",
+              "absl": "absl-py", "importlib_resources": "importlib_resources"},
+}
+
+
+def missing_dependency(e: ModuleNotFoundError) -> MissingDependencyError | None:
+    """`e` as the one-line error naming the extra that installs the missing module, or None
+    when no extra declares it (then a missing module is a broken install or a bug)."""
+    top = (e.name or "").split(".")[0]
+    for extra, modules in EXTRAS.items():
+        if top in modules:
+            return MissingDependencyError(
+                f"{modules[top]} is not installed; it comes with evit-jax's [{extra}] extra: "
+                f"pip install 'evit-jax[{extra}]'")
+    return None
+
+
+def require(module: str, extra: str = "train") -> ModuleType:
+    """Import `module` (a package of `extra`), or raise the one-line `MissingDependencyError`
+    naming `pip install 'evit-jax[extra]'`: `require("grain")`, `require("orbax.checkpoint")`."""
+    assert module.split(".")[0] in EXTRAS[extra], f"{module} is not in the [{extra}] extra"
     try:
         return importlib.import_module(module)
     except ModuleNotFoundError as e:
-        top = module.split(".")[0]
-        if e.name is None or e.name.split(".")[0] != top:
-            raise  # the package is there but something it imports is not: not this message
-        raise MissingDependencyError(
-            f"{package or top} is not installed; it comes with evit-jax's [{extra}] extra: "
-            f"pip install 'evit-jax[{extra}]'") from e
+        error = missing_dependency(e)
+        if error is None:
+            raise  # the package is there but something it needs is not: pip's report
+        raise error from e
