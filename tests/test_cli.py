@@ -309,3 +309,27 @@ def test_paths_and_values_across_commands(weights, tmp_path, capsys):
     from evit_jax.errors import UserError
     with pytest.raises(UserError, match="unknown options.*colour"):
         evit_jax.create_model("efficientvit-b0", colour=1)
+
+
+def test_a_missing_training_package_is_one_line_naming_the_extra(capsys, monkeypatch):
+    """A package of the [train] extra that is not installed: `require` and the runner name
+    `pip install 'evit-jax[train]'`; any other missing module keeps its traceback."""
+    from evit_jax.errors import MissingDependencyError, UserError, require
+
+    monkeypatch.setitem(sys.modules, "grain", None)  # `import grain` fails as if absent
+    with pytest.raises(MissingDependencyError) as e:
+        require("grain")
+    assert isinstance(e.value, ImportError) and isinstance(e.value, UserError)
+    assert str(e.value) == ("grain is not installed; it comes with evit-jax's [train] extra: "
+                            "pip install 'evit-jax[train]'")
+    assert require("orbax.checkpoint").__name__ == "orbax.checkpoint"
+
+    def lazy_import():
+        import grain  # noqa: F401
+    _one_line_error(capsys, _runner(lazy_import), "evit-x", "grain is not installed",
+                    "pip install 'evit-jax[train]'")
+
+    def typo():
+        import evit_jax.no_such_module  # noqa: F401
+    with pytest.raises(ModuleNotFoundError):
+        _runner(typo)
