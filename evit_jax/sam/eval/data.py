@@ -97,6 +97,15 @@ def coco_images(dataset: str, image_root: str, annotations: str | dict,
                         "and 'annotations' lists")
     if not os.path.isdir(image_root):
         raise UserFileNotFoundError(f"--image-root {image_root!r} is not a directory")
+    try:
+        return _coco_images(dataset, image_root, gt, detections)
+    except KeyError as e:  # a record without a field every COCO file has
+        raise UserError(f"--annotations / --detections: a record has no {e} field (expected "
+                        "COCO instances / results files)") from None
+
+
+def _coco_images(dataset: str, image_root: str, gt: dict,
+                 detections: str | list | None) -> list[EvalImage]:
     anns: dict[int, list] = defaultdict(list)
     for a in gt["annotations"]:
         anns[a["image_id"]].append(a)
