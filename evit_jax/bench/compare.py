@@ -167,7 +167,7 @@ def reference_worker(ref: Path, threads: int, runtime: str = "eager") -> Worker:
     """The authors' model in `runtime`: "eager" PyTorch, or "ort" (their ONNX export)."""
     python = ref / "venv" / "bin" / "python"
     if not python.exists() or not (ref / "src" / "efficientvit").is_dir():
-        from evit_jax.errors import UserError
+        from evit_jax.cli import UserError
         raise UserError(
             f"no reference set up in {ref}: run setup.sh (shared/reference/setup.sh "
             "MIRROR_GIT_DIR DEST, with MIRROR_GIT_DIR a git snapshot of "
@@ -178,7 +178,7 @@ def reference_worker(ref: Path, threads: int, runtime: str = "eager") -> Worker:
         probe = subprocess.run([str(python), "-c", "import onnx, onnxruntime, onnxscript"],
                                capture_output=True)
         if probe.returncode:
-            from evit_jax.errors import UserError
+            from evit_jax.cli import UserError
             raise UserError(f"--ort needs ONNX Runtime in the reference's venv: "
                             f"{python} -m pip install onnx onnxruntime onnxscript")
     env = dict(os.environ, PYTHONPATH=f"{stubs}:{ref / 'src'}", OMP_NUM_THREADS=str(threads))
@@ -338,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args: argparse.Namespace) -> int:
     from evit_jax.bench.sam_inputs import PARTS
-    from evit_jax.errors import UserError
+    from evit_jax.cli import UserError
     cases = (list(args.case) + (list(TARGETS) if args.targets else [])
              + (list(SAM_PIPELINE) if args.sam_pipeline else [])
              + ([TRAIN_STEP] if args.train_step else []))

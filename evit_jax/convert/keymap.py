@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from evit_jax.errors import UserError
+from evit_jax.cli import UserError
 from evit_jax.zoo import MODELS, abstract_variables, create_model, model_info
 
 Path = tuple[str, ...]
