@@ -116,19 +116,16 @@ def write_atomic(path: str | os.PathLike, data: str | bytes | Callable[[str], An
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         os.close(fd)
-        _fill(path, tmp, data)
-    return path
-
-
-def _fill(path: Path, tmp: str, data: str | bytes | Callable[[str], Any]) -> None:
     try:
-        if callable(data):
-            data(tmp)
-        else:
-            with open(tmp, "wb") as f:
-                f.write(data.encode() if isinstance(data, str) else data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        with user_path(path, "write"):
+            if callable(data):
+                data(tmp)
+            else:
+                with open(tmp, "wb") as f:
+                    f.write(data.encode() if isinstance(data, str) else data)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
