@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 
 from evit_jax.cli import UserError, run, write_atomic
-from evit_jax.errors import UserFileNotFoundError, path_error
 
 PROG = "evit-segment"
 
@@ -33,7 +32,7 @@ def _floats(text: str, n: tuple[int, ...], what: str) -> list[float]:
         vals = []
     if len(vals) not in n:
         raise UserError(f"{what} {text!r}: expected {' or '.join(map(str, n))} comma-separated "
-                        "numbers")
+                         "numbers")
     return vals
 
 
@@ -43,6 +42,8 @@ def read_image(path: str | Path) -> np.ndarray:
     import warnings
 
     from PIL import Image, UnidentifiedImageError
+
+    from evit_jax.errors import UserFileNotFoundError, path_error
 
     p = Path(path)
     if not p.is_file():

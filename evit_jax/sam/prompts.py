@@ -1,5 +1,7 @@
 """Prompt checking and packing (host side) for the SAM predictor.
 
+Bad prompts raise `evit_jax.cli.UserError` (a `ValueError`) with a one-line message.
+
 A prompt (clicks, a box, or both) becomes a row of tokens: the clicks, segment-anything's
 padding point when there is no box, then the two box corners. Rows are padded with `PAD`
 tokens to a bucketed length, and batches to a bucketed size, so a new number of clicks or
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from evit_jax.errors import UserError
+from evit_jax.cli import UserError
 from evit_jax.models.sam.prompt_encoder import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, NOT_A_POINT, PAD
 
 
@@ -36,22 +38,22 @@ def check_points(coords, labels, size: tuple[int, int], batched: bool = False
         raise UserError(f"point_coords must have shape {lead} (XY pixels), got {c.shape}")
     if labels is None:
         raise UserError("point_labels must be given with point_coords (1 = foreground, "
-                        "0 = background), e.g. np.ones(len(point_coords))")
+                         "0 = background), e.g. np.ones(len(point_coords))")
     lab = np.asarray(labels)
     if lab.dtype.kind not in "iubf":
         raise UserError(f"point_labels must be numbers (1, 0 or -1), got dtype {lab.dtype}")
     if lab.shape != c.shape[:-1]:
         raise UserError(f"point_labels shape {lab.shape} does not match point_coords "
-                        f"{c.shape}: one label per point")
+                         f"{c.shape}: one label per point")
     if lab.size and not np.isin(lab, (-1, 0, 1)).all():
         raise UserError(f"point_labels must be 1 (foreground), 0 (background) or -1 "
-                        f"(ignored point), got {np.unique(lab)}")
+                         f"(ignored point), got {np.unique(lab)}")
     _finite("point_coords", c)
     h, w = size
     if c.size and ((c[..., 0] < 0).any() or (c[..., 0] > w).any() or (c[..., 1] < 0).any()
                    or (c[..., 1] > h).any()):
         raise UserError(f"point_coords lie outside the {w}x{h} (WxH) image; points are XY "
-                        "pixels of the original image (clip with np.clip)")
+                         "pixels of the original image (clip with np.clip)")
     return c, lab.astype(np.int32)
 
 
@@ -79,7 +81,7 @@ def check_boxes(box, size: tuple[int, int], batched: bool = False) -> np.ndarray
            | (rows[:, 1::2] > h)).any(1)
     if bad.any():
         raise UserError(f"{first(bad)} lies (partly) outside the {w}x{h} (WxH) image; "
-                        f"clip it: np.clip(box, 0, [{w}, {h}, {w}, {h}])")
+                         f"clip it: np.clip(box, 0, [{w}, {h}, {w}, {h}])")
     return b
 
 
@@ -94,7 +96,7 @@ def check_masks(mask_input, n: int, low_res: int, batched: bool = False) -> np.n
     if m.shape != (n, low_res, low_res):
         want = f"[B, 1, {low_res}, {low_res}]" if batched else f"[1, {low_res}, {low_res}]"
         raise UserError(f"mask_input must have shape {want} (the low_res logits of a "
-                        f"previous prediction), got {np.shape(mask_input)}")
+                         f"previous prediction), got {np.shape(mask_input)}")
     _finite("mask_input", m)
     return m
 
@@ -128,3 +130,5 @@ def pad_tokens(coords: np.ndarray, labels: np.ndarray, tokens: int, rows: int
     c[:b, :t] = coords
     lab[:b, :t] = labels
     return c, lab
+
+
