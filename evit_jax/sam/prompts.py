@@ -130,5 +130,3 @@ def pad_tokens(coords: np.ndarray, labels: np.ndarray, tokens: int, rows: int
     c[:b, :t] = coords
     lab[:b, :t] = labels
     return c, lab
-
-
