@@ -36,12 +36,6 @@ class UserError(ValueError):
     """
 
 
-class UserOptionError(TypeError, UserError):
-    """A keyword option the function does not take: a `TypeError`, as Python raises for an
-    unexpected keyword argument, and a `UserError`, since configs and command lines pass
-    options through (`create_model(name, colour=1)`)."""
-
-
 class UserPathError(OSError, UserError):
     """A path the user named cannot be read or written (module docstring)."""
 

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from evit_jax.errors import UserError, UserOptionError
+from evit_jax.errors import UserError
 from evit_jax.models.backbone import BackboneConfig, EfficientViTBackbone
 from evit_jax.models.cls import EfficientViTCls
 from evit_jax.models.heads import ClsHead, ClsHeadConfig, SegHeadConfig, seg_head
@@ -362,8 +362,8 @@ def model_from_spec(spec: ModelSpec, dtype: Any = jnp.float32, fused_bn: bool = 
     unknown = sorted(set(overrides) - declared)
     if unknown:
         allowed = sorted(declared | ({"num_classes"} & head_fields))
-        raise UserOptionError(f"create_model({name!r}) got unknown options {unknown}; "
-                              f"allowed: {allowed}")
+        raise TypeError(f"create_model({name!r}) got unknown options {unknown}; "
+                        f"allowed: {allowed}")
     return with_folded_bn(model) if fused_bn else model  # fused_bn: evit_jax.nn.conv
 
 

@@ -273,7 +273,7 @@ def test_errors_module_is_stdlib_only():
 def test_paths_and_values_across_commands(weights, tmp_path, capsys):
     """One case per kind of user input not covered above: a missing image, an output that
     cannot be written, a corrupt variables file, an unknown part, a resolution the model
-    cannot take, an unknown create_model option."""
+    cannot take."""
     b0, _ = weights
     img = tmp_path / "in.png"
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(img)
@@ -306,9 +306,6 @@ def test_paths_and_values_across_commands(weights, tmp_path, capsys):
                                          "--resolution", "100", *out]), "evit-export",
                     "must be a multiple of 32")
     assert not (tmp_path / "m.jaxexport").exists()
-    from evit_jax.errors import UserError
-    with pytest.raises(UserError, match="unknown options.*colour"):
-        evit_jax.create_model("efficientvit-b0", colour=1)
 
 
 def test_a_missing_training_package_is_one_line_naming_the_extra(capsys, monkeypatch):

@@ -29,7 +29,6 @@ import jax
 from evit_jax.bench.macs import count_params, count_program_macs
 from evit_jax.bench.programs import make_program
 from evit_jax.cli import run
-from evit_jax.errors import UserError
 from evit_jax.nn.depthwise import depthwise_impl
 from evit_jax.zoo import abstract_variables, create_model, list_models, model_info
 
@@ -120,6 +119,7 @@ def main(args: argparse.Namespace) -> int:
     if args.models:
         names = fnmatch.filter(names, args.models)
         if not names:
+            from evit_jax.errors import UserError
             raise UserError(f"no released checkpoint matches {args.models!r}")
     print(HEADER, flush=True)
     for name in names:  # printed as they come: the big ones take a minute each to compile
