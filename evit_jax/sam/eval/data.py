@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from evit_jax.errors import UserError, UserFileNotFoundError, require, user_path
+from evit_jax.errors import UserError, UserFileNotFoundError, user_path
 
 DATASETS = ("coco", "lvis", "evit_shapes")
 
@@ -172,7 +172,6 @@ def shapes_images(name: str = "evit_shapes", data_dir: str | None = None) -> lis
     """The validation split of the embedded dataset (`evit_shapes` or `evit_shapes/tiny`,
     built on first use under `data_dir`, default `$EVIT_DATA_DIR`) as `EvalImage`s."""
     config = name.split("/", 1)[1] if "/" in name else "default"
-    require("tensorflow_datasets")  # the embedded dataset is a tfds dataset: [train]
     from evit_jax.train.datasets.builder import load_split
     src = load_split("validation", config, data_dir)
     images, next_id = [], 1
