@@ -245,6 +245,8 @@ def test_runner_keeps_the_traceback_of_a_bug(bug, capsys):
 
 def test_a_bug_in_a_command_keeps_its_traceback(weights, tmp_path):
     """The installed command: exit status 1 with Python's traceback, not `prog: error:`."""
+    import subprocess
+    import sys
     b0, _ = weights
     code = ("import sys, evit_jax.convert.cli as c\n"
             "def bug(*a, **k): raise ValueError('an internal shape bug')\n"
@@ -263,6 +265,7 @@ def test_errors_module_is_stdlib_only():
     """Every layer (nn, models, the zoo) imports evit_jax.errors: it may import nothing
     but the standard library."""
     import ast
+    import sys
 
     tree = ast.parse((ROOT / "evit_jax" / "errors.py").read_text())
     names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
@@ -311,6 +314,8 @@ def test_paths_and_values_across_commands(weights, tmp_path, capsys):
 def test_a_missing_training_package_is_one_line_naming_the_extra(capsys, monkeypatch):
     """A package of the [train] extra that is not installed: `require` and the runner name
     `pip install 'evit-jax[train]'`; any other missing module keeps its traceback."""
+    import sys
+
     from evit_jax.errors import MissingDependencyError, UserError, require
 
     monkeypatch.setitem(sys.modules, "grain", None)  # `import grain` fails as if absent
