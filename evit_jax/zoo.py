@@ -22,6 +22,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 
 from evit_jax.models.backbone import BackboneConfig, EfficientViTBackbone
 from evit_jax.models.cls import EfficientViTCls
+from evit_jax.models.det import DetConfig, EfficientViTDet, det_parts
 from evit_jax.models.heads import ClsHead, ClsHeadConfig, SegHeadConfig, seg_head
 from evit_jax.models.sam import EfficientViTSam, SamConfig
 from evit_jax.models.sam.mask_decoder import MaskDecoder
@@ -63,18 +64,22 @@ class ModelSpec:
 
     Attributes:
       name: zoo name.
-      task: "cls", "seg", "sam" or "sr".
+      task: "cls", "seg", "sam", "sr" or "det".
       backbone: key of BACKBONES (SR_BODIES for "sr").
       head: the head config (ClsHeadConfig, SegHeadConfig, or SAM's).
       norm_eps: eps of every norm (the reference's `set_norm_eps`).
       attn_eps: LiteMLA eps (1e-15 official, 1e-5 timm).
-      key_style: checkpoint key naming, "official" or "timm" (the converter requires it).
+      key_style: checkpoint key naming, "official", "timm" or "yolox" (Megvii's layout of
+        a YOLOX detector, the EfficientViT backbone as its `backbone.backbone`); the
+        converter requires it.
       resolution: evaluation resolution (H, W) of its checkpoint / fixtures.
       crop_pct: evaluation center-crop ratio (classification).
       dataset: what the checkpoint was trained and evaluated on: "imagenet", "cityscapes",
-        "ade20k", "sa-1b" (SAM); None for SR (ours, no published weights).
+        "ade20k", "sa-1b" (SAM), "coco" (detection); None for SR (ours, no published
+        weights).
       eval_mode: evaluation resize: "shorter" (shorter side to `eval_size`, then the
-        `crop_pct` centre crop) or "fixed" (to (eval_size, 2 * eval_size), Cityscapes).
+        `crop_pct` centre crop), "fixed" (to (eval_size, 2 * eval_size), Cityscapes) or
+        "letterbox" (detection: longer side to the resolution, padded bottom / right).
       checkpoint: file name of the official checkpoint, if one is published.
       paper: published accuracy, e.g. {"top1": 79.39, "top5": 94.346} or {"miou": 80.547}.
     """
@@ -186,6 +191,7 @@ def _build_table() -> dict[str, ModelSpec]:
                                           key_style="timm",
                                           crop_pct=CROP_PCT["timm"].get(v, 1.0))
     _add_sr(table)
+    _add_det(table)
     return table
 
 
@@ -204,6 +210,26 @@ def _add_sr(table: dict[str, ModelSpec]) -> None:
         name = f"efficientvit-{body}-x{scale}"
         table[name] = ModelSpec(name, "sr", body, SRHeadConfig(scale), 1e-5,
                                 resolution=SR_RESOLUTION)
+
+
+# ---------------------------------------------------------------------------------------------
+# Detection: EfficientViT-Det = an EfficientViT backbone (P2, P3, P4 = stage2..4, strides 8,
+# 16, 32), YOLOX's PAFPN neck and decoupled head (docs/det.md). Detectors on the released
+# backbones (ours; no published weights) follow YOLOX's own sizing rule, neck widths = the
+# backbone's and head width = the finest neck width: B1 has YOLOX-Nano's widths (with full
+# 3x3 convs), B2 YOLOX-Tiny's, B3 and L1 YOLOX-S's.
+# (variant, neck depth, evaluation resolution)
+_DET = [("b1", 1, 416), ("b2", 1, 416), ("b3", 1, 640), ("l1", 1, 640)]
+
+
+def _add_det(table: dict[str, ModelSpec]) -> None:
+    for v, depth, res in _DET:
+        bb = BACKBONES[v]
+        widths = tuple(bb.width_list[2:5])
+        name = f"efficientvit-det-{v}"
+        table[name] = ModelSpec(name, "det", v, DetConfig(widths, widths, depth, widths[0]),
+                                NORM_EPS[bb.family], key_style="yolox", resolution=(res, res),
+                                dataset="coco", eval_mode="letterbox")
 
 
 MODELS: dict[str, ModelSpec] = _build_table()
@@ -284,6 +310,9 @@ def _build(spec: ModelSpec, part: Any) -> nn.Module:
         return EfficientViTCls(backbone, part(ClsHead(spec.head, bb.act)))
     if spec.task == "seg":
         return EfficientViTSeg(backbone, part(seg_head(spec.head, bb.act)))
+    if spec.task == "det":
+        neck, head = det_parts(spec.head)
+        return EfficientViTDet(backbone, part(neck), part(head), spec.head.in_features)
     sam, dec = spec.head, spec.head.decoder
     encoder = part(SamImageEncoder(backbone, part(sam_neck(sam, bb.act))))
     prompts = part(PromptEncoder(dec.embed_dim, dec.grid, dec.prompt_size, dec.mask_in_chans))
