@@ -64,7 +64,7 @@ class DetPredictor:
                                 f"{model!r}, a {spec.task} model")
             input_size = input_size or spec.resolution
             model = create_model(spec.name)
-        if not hasattr(model, "neck") or not hasattr(model, "strides"):
+        if not isinstance(model, nn.Module) or not hasattr(model, "strides"):
             raise UserError("DetPredictor needs an EfficientViT-Det module, e.g. "
                             "evit_jax.create_model('efficientvit-det-b1')")
         self.model = model
