@@ -65,8 +65,13 @@ def test_neck_and_head_match_yolox(ref, case):
     model = _neck_model(c)
     variables = convert_state_dict(HOST, sd, model=model, parts=("neck", "head"))
     feats = tuple(jnp.asarray(_nhwc(c[f"feat{i}"])) for i in range(3))
-    fpn = jax.jit(model.neck.apply)(_sub(variables, "neck"), feats)
-    outs = jax.jit(model.head.apply)(_sub(variables, "head"), fpn)
+
+    @jax.jit
+    def run(vn, vh, feats):
+        fpn = model.neck.apply(vn, feats)
+        return fpn, model.head.apply(vh, fpn)
+
+    fpn, outs = run(_sub(variables, "neck"), _sub(variables, "head"), feats)
     for i in range(3):
         err_fpn = rel_l2(fpn[i], _nhwc(c[f"fpn{i}"]))
         err = rel_l2(outs[i], _nhwc(c[f"raw{i}"]))
