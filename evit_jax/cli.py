@@ -27,16 +27,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from evit_jax.errors import UserError  # defined below every layer; re-exported here
+
 EXIT_OK, EXIT_USER_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-
-class UserError(ValueError):
-    """Input that evit-jax cannot use (bad path, wrong model, malformed file, bad value).
-
-    The message says what is wrong and how to fix it, in one line where possible; the CLIs
-    print it without a traceback.
-    """
-
 
 # Exceptions that are the user's to fix, reported as one line by `run`.
 USER_ERRORS: tuple[type[BaseException], ...] = (UserError, OSError, ValueError)

@@ -1,12 +1,15 @@
 """The README's model-zoo table, generated: `python -m evit_jax.bench.zoo_table [--no-xla]`.
 
-One row per released checkpoint (classification, segmentation, SAM) and per detector, at
-the entry's evaluation resolution (SAM: its image encoder at the encoder's input size):
+One row per released checkpoint (classification, segmentation, SAM), per model the papers
+publish figures of without weights (the v1 EfficientViT-Base and EfficientViT-Det) and per
+detector, at the entry's evaluation resolution (SAM: its image encoder at the encoder's
+input size):
 
 - params: exact count of the `params` collection (SAM: encoder, prompt encoder and decoder);
 - GMACs: the analytic count (`evit_jax.bench.count_macs`: convolutions and matmuls, as the
   papers count them);
-- paper GMACs: what the papers print (spec section 9; 2 significant digits), where they do;
+- paper GMACs: what the papers print (spec section 9; 2 significant digits), where they do
+  (`PAPER_GMACS`, or the zoo entry's `paper["macs"]`);
 - XLA GFLOPs / 2: XLA:CPU's `cost_analysis()` of the compiled program halved. It also counts
   elementwise work (norms, activations, the attention's division) and the resizes, and sees
   the program after XLA's rewrites, so it is not the papers' count: measured from 0.8 %
@@ -53,11 +56,13 @@ HEADER = ("| model | resolution | params | GMACs | paper GMACs | XLA GFLOPs / 2 
 
 
 def checkpoint_names() -> list[str]:
-    """Zoo names with an official checkpoint, classification, then segmentation, then SAM;
-    then the detectors (none released: the paper's, and ours on the released backbones)."""
-    names = [n for n in list_models() if (model_info(n).checkpoint
+    """Zoo names with an official checkpoint or published figures (the v1 models have no
+    weights), classification, then segmentation, then SAM, then the detectors (none
+    released: the paper's, and ours on the released backbones)."""
+    names = [n for n in list_models() if ((model_info(n).checkpoint or model_info(n).paper)
              and model_info(n).key_style == "official") or model_info(n).task == "det"]
-    return sorted(names, key=lambda n: (_TASK_ORDER[model_info(n).task], n))
+    return sorted(names, key=lambda n: (_TASK_ORDER.get(model_info(n).task, len(_TASK_ORDER)),
+                                        n))
 
 
 def _accuracy(paper: dict | None) -> str:
@@ -93,6 +98,8 @@ def row(name: str, xla: bool = True) -> dict[str, Any]:
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         xla_macs = float(cost["flops"]) / 2 if cost and "flops" in cost else None
     paper = PAPER_GMACS.get(name)
+    if paper is None and spec.paper and spec.paper.get("macs"):
+        paper = spec.paper["macs"] / 1e9
     return {"model": name, "resolution": tuple(prog.resolution),
             "params": count_params(variables), "macs": macs,
             "paper_macs": None if paper is None else paper * 1e9, "xla_macs": xla_macs,
