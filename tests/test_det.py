@@ -4,6 +4,7 @@ through `DetPredictor`, the zoo's detector entries, `evit-detect`, and the ONNX 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -19,6 +20,7 @@ from evit_jax.zoo import init_variables
 from tests.helpers import rel_l2
 
 DET = evit_jax.list_models("efficientvit-det-*")
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 # ------------------------------------------------------------------------------------- NMS
@@ -312,12 +314,16 @@ TOLERANCE = 0.03  # the issue's bar against the paper
 
 
 @pytest.mark.parametrize("name", BASE)
-def test_det_base_macs_match_the_paper(name):
-    from evit_jax.bench import count_macs
+def test_det_base_macs_match_the_paper_and_the_readme(name):
+    from evit_jax.bench.zoo_table import format_row, row
 
     spec = evit_jax.model_info(name)
     assert spec.backbone == "base" and spec.paper["params"] == 10.6e6
-    assert abs(count_macs(name) / spec.paper["macs"] - 1) < TOLERANCE
+    r = row(name, xla=False)
+    assert abs(r["macs"] / spec.paper["macs"] - 1) < TOLERANCE, r
+    cells = format_row(r).split("|")[1:6]  # model, resolution, params, GMACs, paper GMACs
+    readme = [ln for ln in README.read_text().splitlines() if ln.startswith(f"| `{name}` |")]
+    assert len(readme) == 1 and readme[0].split("|")[1:6] == cells, (cells, readme)
 
 
 def test_det_base_params_cannot_reach_the_paper_within_its_macs():
