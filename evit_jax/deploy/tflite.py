@@ -88,9 +88,11 @@ def check_model(name: str) -> Any:
     """The zoo spec of `name` if TFLite export covers its task; a one-line error else."""
     spec = model_info(name)
     if spec.task not in TASKS:
-        raise UserError(f"{name} is a SAM model; --format tflite covers classification, "
-                        "segmentation and SR models. Export SAM with --format onnx "
-                        "(--part encoder / decoder) or --format stablehlo")
+        what, part = {"sam": ("a SAM model", " (--part encoder / decoder)"),
+                      "det": ("a detector", "")}.get(spec.task, (spec.task, ""))
+        raise UserError(f"{name} is {what}; --format tflite covers classification, "
+                        f"segmentation and SR models. Export it with --format onnx{part} "
+                        "or --format stablehlo")
     return spec
 
 
