@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from evit_jax.errors import UserError
 from evit_jax.zoo import model_info
 
 DTYPES: dict[str, Any] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -84,7 +85,7 @@ def inference_parts(name: str) -> dict[str, Part]:
 
     def encoder_res(r):
         if r is not None and tuple(r) != (s, s):
-            raise ValueError(f"{name}'s encoder takes {s}x{s} images, not {r[0]}x{r[1]}")
+            raise UserError(f"{name}'s encoder takes {s}x{s} images, not {r[0]}x{r[1]}")
         return (s, s)
 
     def encode(m: nn.Module, v: Any, x: Any) -> Any:
@@ -113,12 +114,12 @@ def inference_part(name: str, part: str | None = None) -> Part:
     parts = inference_parts(name)
     part = part or next(iter(parts))
     if part not in parts:
-        raise ValueError(f"{name} has parts {tuple(parts)}, not {part!r}")
+        raise UserError(f"{name} has parts {tuple(parts)}, not {part!r}")
     return parts[part]
 
 
 def compute_dtype(dtype: str) -> Any:
     """The jnp dtype of a `DTYPES` name; a clear error for any other."""
     if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        raise UserError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     return DTYPES[dtype]

@@ -365,6 +365,34 @@ def init_variables(model: nn.Module, rng: Any = 0) -> dict[str, Any]:
     return unflatten_dict(out)
 
 
+def random_variables(model: Any, seed: int = 0, inputs: tuple | None = None) -> Any:
+    """Variables of `model` filled with numpy random values of sane scale, for benchmarks and
+    export checks (speed and exactness do not depend on the values); this skips compiling the
+    model's `init` (a minute for some).
+
+    Kernels ~ N(0, 1/fan_in), norm scales and variances ~ U(0.5, 1.5), biases and means
+    small, so activations stay O(1) (no overflow, no denormals). `inputs`: example inputs
+    for `model.init` when it is not a zoo model.
+    """
+    shapes = abstract_variables(model) if inputs is None else \
+        jax.eval_shape(model.init, jax.random.key(0), *inputs)
+    rng = np.random.default_rng(seed)
+
+    def fill(path: tuple, leaf: Any) -> np.ndarray:
+        key = str(getattr(path[-1], "key", path[-1]))
+        shape, dtype = leaf.shape, leaf.dtype
+        if len(shape) >= 2:
+            fan_in = int(np.prod(shape[:-1])) or 1
+            value = rng.normal(0.0, fan_in ** -0.5, shape)
+        elif key in ("scale", "var"):
+            value = rng.uniform(0.5, 1.5, shape)
+        else:
+            value = rng.normal(0.0, 0.05, shape)
+        return np.asarray(value, dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
 def _build(spec: ModelSpec, part: Any) -> nn.Module:
     """The module of `spec`, assembled from its parts; `part(module)` gives each part its
     options (the task models own no options themselves)."""

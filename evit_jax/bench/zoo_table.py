@@ -129,7 +129,8 @@ def main(args: argparse.Namespace) -> int:
     if args.models:
         names = fnmatch.filter(names, args.models)
         if not names:
-            raise ValueError(f"no released checkpoint matches {args.models!r}")
+            from evit_jax.errors import UserError
+            raise UserError(f"no released checkpoint matches {args.models!r}")
     print(HEADER, flush=True)
     for name in names:  # printed as they come: the big ones take a minute each to compile
         print(format_row(row(name, xla=not args.no_xla)), flush=True)

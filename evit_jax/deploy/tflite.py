@@ -254,8 +254,8 @@ def compare_latency(name: str, variables: Any, resolution: tuple[int, int] | Non
 def _bench_main(argv: list[str]) -> None:
     """`python -m evit_jax.deploy.tflite NAME [HxW]`: `compare_latency` with random
     weights (speed does not depend on their values), printed with the load average."""
-    from evit_jax.bench.programs import random_variables
     from evit_jax.cli import parse_resolution
+    from evit_jax.zoo import random_variables
     name = argv[0]
     res = parse_resolution(argv[1]) if len(argv) > 1 else None
     variables = random_variables(create_model(name), seed=0)
