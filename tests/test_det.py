@@ -290,7 +290,7 @@ def test_onnx_export_matches_jax(tmp_path):
     pytest.importorskip("jax2onnx")
     pytest.importorskip("onnxruntime")
     from evit_jax.bench.programs import random_variables
-    from evit_jax.deploy.onnx import ort_session, run_onnx, to_onnx, onnx_program
+    from evit_jax.deploy.onnx import onnx_program, ort_session, run_onnx, to_onnx
 
     name = "efficientvit-det-b1"
     variables = random_variables(evit_jax.create_model(name), seed=2)

@@ -59,9 +59,10 @@ def draw_detections(image: np.ndarray, result: dict[str, np.ndarray], names: Seq
         x1, y1, x2, y2 = (float(v) for v in box)
         draw.rectangle([x1, y1, x2, y2], outline=c, width=width)
         text = f"{names[int(label)]} {score:.2f}"
-        l, t, r, b = draw.textbbox((x1, y1), text, font=font)
-        ty = y1 - (b - t) - 2 if y1 - (b - t) - 2 >= 0 else y1  # above the box if it fits
-        draw.rectangle([x1, ty, x1 + (r - l) + 4, ty + (b - t) + 2], fill=c)
+        left, top, right, bottom = draw.textbbox((x1, y1), text, font=font)
+        th = bottom - top
+        ty = y1 - th - 2 if y1 - th - 2 >= 0 else y1  # above the box if it fits
+        draw.rectangle([x1, ty, x1 + (right - left) + 4, ty + th + 2], fill=c)
         draw.text((x1 + 2, ty), text, fill=(0, 0, 0), font=font)
     return np.asarray(im)
 

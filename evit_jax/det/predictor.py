@@ -16,10 +16,10 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from evit_jax.errors import UserError
 from evit_jax.det.boxes import Detections, batched_nms, decode
 from evit_jax.det.transforms import check_image, normalize, preprocess, to_original
 from evit_jax.det.transforms import input_size as checked_size
+from evit_jax.errors import UserError
 
 DEFAULT_SIZE = 640  # YOLOX's test size, for a module that is not named
 
