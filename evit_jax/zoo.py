@@ -23,6 +23,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from evit_jax.errors import UserError
 from evit_jax.models.backbone import BackboneConfig, EfficientViTBackbone
 from evit_jax.models.cls import EfficientViTCls
+from evit_jax.models.det import DetConfig, EfficientViTDet, det_parts
 from evit_jax.models.heads import ClsHead, ClsHeadConfig, SegHeadConfig, seg_head
 from evit_jax.models.sam import EfficientViTSam, SamConfig
 from evit_jax.models.sam.mask_decoder import MaskDecoder
@@ -70,18 +71,22 @@ class ModelSpec:
 
     Attributes:
       name: zoo name.
-      task: "cls", "seg", "sam" or "sr".
+      task: "cls", "seg", "sam", "sr" or "det".
       backbone: key of BACKBONES (SR_BODIES for "sr").
       head: the head config (ClsHeadConfig, SegHeadConfig, or SAM's).
       norm_eps: eps of every norm (the reference's `set_norm_eps`).
       attn_eps: LiteMLA eps (1e-15 official, 1e-5 timm).
-      key_style: checkpoint key naming, "official" or "timm" (the converter requires it).
+      key_style: checkpoint key naming, "official", "timm" or "yolox" (Megvii's layout of
+        a YOLOX detector, the EfficientViT backbone as its `backbone.backbone`); the
+        converter requires it.
       resolution: evaluation resolution (H, W) of its checkpoint / fixtures.
       crop_pct: evaluation center-crop ratio (classification).
       dataset: what the checkpoint was trained and evaluated on: "imagenet", "cityscapes",
-        "ade20k", "sa-1b" (SAM); None for SR (ours, no published weights).
+        "ade20k", "sa-1b" (SAM), "coco" (detection); None for SR (ours, no published
+        weights).
       eval_mode: evaluation resize: "shorter" (shorter side to `eval_size`, then the
-        `crop_pct` centre crop) or "fixed" (to (eval_size, 2 * eval_size), Cityscapes).
+        `crop_pct` centre crop), "fixed" (to (eval_size, 2 * eval_size), Cityscapes) or
+        "letterbox" (detection: longer side to the resolution, padded bottom / right).
       checkpoint: file name of the official checkpoint, if one is published.
       paper: published figures, e.g. {"top1": 79.39, "top5": 94.346} or {"miou": 80.547};
         for the v1 models also "params" and "macs" (at `resolution`), and for the
@@ -196,6 +201,7 @@ def _build_table() -> dict[str, ModelSpec]:
                                           crop_pct=CROP_PCT["timm"].get(v, 1.0))
     _add_sr(table)
     _add_v1(table)
+    _add_det(table)
     return table
 
 
@@ -241,6 +247,39 @@ def _add_v1(table: dict[str, ModelSpec]) -> None:
                             paper={"miou": 78.7, "params": 6.5e6,
                                    "macs": _V1_SEG_MACS[city["resolution"]],
                                    "macs_at": dict(_V1_SEG_MACS)})
+
+
+# Detection: EfficientViT-Det = an EfficientViT backbone (P2, P3, P4 = stage2..4, strides 8,
+# 16, 32), YOLOX's PAFPN neck and decoupled head (docs/det.md). Detectors on the released
+# backbones (ours; no published weights) follow YOLOX's own sizing rule, neck widths = the
+# backbone's and head width = the finest neck width: B1 has YOLOX-Nano's widths (with full
+# 3x3 convs), B2 YOLOX-Tiny's, B3 and L1 YOLOX-S's.
+# (variant, neck depth, evaluation resolution)
+_DET = [("b1", 1, 416), ("b2", 1, 416), ("b3", 1, 640), ("l1", 1, 640)]
+# The paper's EfficientViT-Det (v1 paper Table 1) on the v1 EfficientViT-Base: neck and head
+# widths are not given; ours meet the paper's MACs at all three resolutions (YOLOX-Nano's
+# neck widths 64 / 128 / 256 with full 3x3 convs, head width 56). No neck and head reaches
+# its 10.6 M parameters within those MACs (docs/det.md).
+DET_BASE_HEAD = DetConfig((48, 96, 192), (64, 128, 256), 1, 56)
+# (resolution, AP, AP50, AP75, MACs) of COCO val2017, 10.6 M parameters
+_DET_BASE = [(416, 38.1, 55.6, 40.3, 2.1e9), (512, 40.7, 58.6, 43.6, 3.2e9),
+             (608, 42.6, 60.5, 45.3, 4.4e9)]
+
+
+def _add_det(table: dict[str, ModelSpec]) -> None:
+    for v, depth, res in _DET:
+        bb = BACKBONES[v]
+        widths = tuple(bb.width_list[2:5])
+        name = f"efficientvit-det-{v}"
+        table[name] = ModelSpec(name, "det", v, DetConfig(widths, widths, depth, widths[0]),
+                                NORM_EPS[bb.family], key_style="yolox", resolution=(res, res),
+                                dataset="coco", eval_mode="letterbox")
+    for res, ap, ap50, ap75, macs in _DET_BASE:
+        name = f"efficientvit-det-base-r{res}"
+        table[name] = ModelSpec(name, "det", "base", DET_BASE_HEAD, 1e-5, key_style="yolox",
+                                resolution=(res, res), dataset="coco", eval_mode="letterbox",
+                                paper={"ap": ap, "ap50": ap50, "ap75": ap75, "params": 10.6e6,
+                                       "macs": macs})
 
 
 MODELS: dict[str, ModelSpec] = _build_table()
@@ -326,6 +365,34 @@ def init_variables(model: nn.Module, rng: Any = 0) -> dict[str, Any]:
     return unflatten_dict(out)
 
 
+def random_variables(model: Any, seed: int = 0, inputs: tuple | None = None) -> Any:
+    """Variables of `model` filled with numpy random values of sane scale, for benchmarks and
+    export checks (speed and exactness do not depend on the values); this skips compiling the
+    model's `init` (a minute for some).
+
+    Kernels ~ N(0, 1/fan_in), norm scales and variances ~ U(0.5, 1.5), biases and means
+    small, so activations stay O(1) (no overflow, no denormals). `inputs`: example inputs
+    for `model.init` when it is not a zoo model.
+    """
+    shapes = abstract_variables(model) if inputs is None else \
+        jax.eval_shape(model.init, jax.random.key(0), *inputs)
+    rng = np.random.default_rng(seed)
+
+    def fill(path: tuple, leaf: Any) -> np.ndarray:
+        key = str(getattr(path[-1], "key", path[-1]))
+        shape, dtype = leaf.shape, leaf.dtype
+        if len(shape) >= 2:
+            fan_in = int(np.prod(shape[:-1])) or 1
+            value = rng.normal(0.0, fan_in ** -0.5, shape)
+        elif key in ("scale", "var"):
+            value = rng.uniform(0.5, 1.5, shape)
+        else:
+            value = rng.normal(0.0, 0.05, shape)
+        return np.asarray(value, dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
 def _build(spec: ModelSpec, part: Any) -> nn.Module:
     """The module of `spec`, assembled from its parts; `part(module)` gives each part its
     options (the task models own no options themselves)."""
@@ -339,6 +406,9 @@ def _build(spec: ModelSpec, part: Any) -> nn.Module:
         head = FastSegHead(spec.head, bb.act) if isinstance(spec.head, FastSegHeadConfig) \
             else seg_head(spec.head, bb.act)
         return EfficientViTSeg(backbone, part(head))
+    if spec.task == "det":
+        neck, head = det_parts(spec.head)
+        return EfficientViTDet(backbone, part(neck), part(head), spec.head.in_features)
     sam, dec = spec.head, spec.head.decoder
     encoder = part(SamImageEncoder(backbone, part(sam_neck(sam, bb.act))))
     prompts = part(PromptEncoder(dec.embed_dim, dec.grid, dec.prompt_size, dec.mask_in_chans))
