@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from evit_jax.errors import UserError
 from evit_jax.data import shapes
+from evit_jax.errors import require
 
 DEFAULT_DATA_DIR = os.path.join(os.path.expanduser("~"), ".cache", "evit_jax",
                                 "tensorflow_datasets")
@@ -32,12 +32,7 @@ DESCRIPTION = "Textured shapes on cluttered backgrounds: 10 classes, masks, trai
 
 
 def _tfds() -> Any:
-    try:
-        import tensorflow_datasets as tfds
-    except ImportError:
-        raise UserError("the embedded dataset needs tensorflow-datasets: pip install "
-                        "'evit-jax[train]'") from None
-    return tfds
+    return require("tensorflow_datasets")  # a one-line error naming evit-jax[train] if absent
 
 
 @functools.cache

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from evit_jax.errors import UserFileNotFoundError
 from evit_jax.models.sam.prompt_encoder import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, NOT_A_POINT, PAD
 from evit_jax.sam.transforms import preprocess, preprocess_shape
 
@@ -123,8 +124,8 @@ def distill_example(rec: dict, cfg: Any) -> dict[str, np.ndarray]:
     if cfg.distill.teacher_dir:
         path = os.path.join(cfg.distill.teacher_dir, f"{rec['image_id']}.npy")
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"teacher embedding {path!r} missing (one "
-                                    "<image_id>.npy [64, 64, 256] per image; docs/sam.md)")
+            raise UserFileNotFoundError(f"teacher embedding {path!r} missing (one "
+                                        "<image_id>.npy [64, 64, 256] per image; docs/sam.md)")
         emb = np.load(path).astype(np.float32)
         out["teacher"] = emb.reshape(emb.shape[-3:]) if emb.ndim == 4 else emb
     else:

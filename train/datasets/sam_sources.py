@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from evit_jax.cli import UserError
+from evit_jax.errors import UserFileNotFoundError
 from evit_jax.sam.eval.data import EvalImage, gt_mask, image_file, shapes_instances
 
 TRAIN_FRACTION = 0.99  # the authors' SA-1B id split
@@ -39,7 +40,7 @@ SHAPES_TRAIN_ID_OFFSET = 1_000_000  # distinct ids for the two splits (teacher .
 
 def _load_rgb(path: str) -> np.ndarray:
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"image {path!r} not found")
+        raise UserFileNotFoundError(f"image {path!r} not found")
     with Image.open(path) as im:
         return np.asarray(im.convert("RGB"))
 
@@ -74,7 +75,7 @@ class CocoSource:
 
     def __init__(self, image_root: str, annotations: str, split: str | None = None):
         if not os.path.isfile(annotations):
-            raise FileNotFoundError(f"data.annotations {annotations!r} not found")
+            raise UserFileNotFoundError(f"data.annotations {annotations!r} not found")
         with open(annotations) as f:
             gt = json.load(f)
         if not isinstance(gt, dict) or "images" not in gt or "annotations" not in gt:
@@ -113,7 +114,7 @@ class Sa1bSource:
 
     def __init__(self, root: str, split: str):
         if not os.path.isdir(root):
-            raise FileNotFoundError(f"SA-1B root {root!r} is not a directory")
+            raise UserFileNotFoundError(f"SA-1B root {root!r} is not a directory")
         listed = os.path.join(root, "sa_images_ids.txt")
         if os.path.isfile(listed):
             with open(listed) as f:
@@ -124,7 +125,7 @@ class Sa1bSource:
             ids = sorted({re.sub(r"^sa_|\.json$", "", os.path.basename(p)) for p in found},
                          key=lambda s: (len(s), s))
         if not ids:
-            raise FileNotFoundError(f"no sa_<id>.json under {root!r} (nor masks/)")
+            raise UserFileNotFoundError(f"no sa_<id>.json under {root!r} (nor masks/)")
         self.root, self.ids = root, split_ids(ids, split)
 
     def __len__(self) -> int:

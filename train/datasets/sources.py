@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from evit_jax.cli import UserError
+from evit_jax.errors import UserFileNotFoundError
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".JPEG", ".JPG", ".PNG")
 IGNORE = 255
@@ -62,14 +63,14 @@ class FileSource:
 def _folder(root: str, split: str) -> tuple[FileSource, list[str]]:
     d = os.path.join(root, split)
     if not os.path.isdir(d):
-        raise FileNotFoundError(f"ImageFolder split {d!r} does not exist; expected "
-                                f"{root}/<split>/<class>/<image> (set data.train_split / "
-                                f"data.eval_split to the split folder names)")
+        raise UserFileNotFoundError(f"ImageFolder split {d!r} does not exist; expected "
+                                    f"{root}/<split>/<class>/<image> (set data.train_split / "
+                                    f"data.eval_split to the split folder names)")
     classes = sorted(c for c in os.listdir(d) if os.path.isdir(os.path.join(d, c)))
     items = [(os.path.join(d, c, f), k) for k, c in enumerate(classes)
              for f in sorted(os.listdir(os.path.join(d, c))) if f.endswith(IMAGE_EXTS)]
     if not items:
-        raise FileNotFoundError(f"no images found under {d!r}")
+        raise UserFileNotFoundError(f"no images found under {d!r}")
     return FileSource(items), classes
 
 
@@ -77,8 +78,8 @@ def _ade20k(root: str, split: str) -> FileSource:
     img_dir, ann_dir = os.path.join(root, "images", split), os.path.join(root, "annotations",
                                                                          split)
     if not os.path.isdir(img_dir) or not os.path.isdir(ann_dir):
-        raise FileNotFoundError(f"expected {img_dir} and {ann_dir} (ADEChallengeData2016 "
-                                f"layout; splits 'training' and 'validation')")
+        raise UserFileNotFoundError(f"expected {img_dir} and {ann_dir} (ADEChallengeData2016 "
+                                    f"layout; splits 'training' and 'validation')")
     names = sorted(f[:-4] for f in os.listdir(img_dir) if f.endswith(".jpg"))
     return FileSource([(os.path.join(img_dir, n + ".jpg"), os.path.join(ann_dir, n + ".png"))
                        for n in names])

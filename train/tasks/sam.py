@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from evit_jax.errors import UserFileNotFoundError
 from evit_jax.workdir import model_from_run
 from evit_jax.zoo import sam_model
 
@@ -43,7 +44,7 @@ def load_sam(workdir: str) -> tuple[Any, dict]:
     from evit_jax.workdir import read_run_config
     run = read_run_config(workdir)
     if "model" not in run:
-        raise FileNotFoundError(f"{workdir}: no run_config.json with a model name")
+        raise UserFileNotFoundError(f"{workdir}: no run_config.json with a model name")
     return model_from_run(run["model"], run), evit_jax.load_variables(workdir)
 
 
