@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -102,3 +103,17 @@ def write_atomic(path: str | os.PathLike, data: str | bytes | Callable[[str], An
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+# argparse takes a value that starts with "-" for an option unless it is a plain number
+# ("-5", "-0.5"): "-5,10,100,100" and "-1e-3" would need "--box=-5,...". This accepts any
+# number or comma-separated list of numbers (a command with an option spelled like a number,
+# "-1", would make argparse treat them as options again).
+_NUMBERS = re.compile(r"^-\.?\d[\d._eE+-]*(,\s*[-+]?\.?\d[\d._eE+-]*)*$")
+
+
+def allow_negative_numbers(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Let option values be negative numbers or comma-separated lists that start with one
+    (`--box -5,10,100,100`, `--thresh -1e-3`), as they are without the "-". Returns `parser`."""
+    parser._negative_number_matcher = _NUMBERS  # what argparse asks "is this a number?"
+    return parser

@@ -34,7 +34,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from evit_jax.cli import UserError, run
+from evit_jax.cli import UserError, allow_negative_numbers, run
 from evit_jax.sam.app_state import AppError, SamApp, size_text
 
 PROG = "evit-sam-app"
@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="segment everything: keep masks with a predicted IoU above this")
     p.add_argument("--stability-score-thresh", type=float, default=0.95,
                    help="segment everything: keep masks at least this stable")
-    return p
+    return allow_negative_numbers(p)
 
 
 def load(args: argparse.Namespace) -> SamApp:

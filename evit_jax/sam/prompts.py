@@ -1,5 +1,7 @@
 """Prompt checking and packing (host side) for the SAM predictor.
 
+Bad prompts raise `evit_jax.cli.UserError` (a `ValueError`) with a one-line message.
+
 A prompt (clicks, a box, or both) becomes a row of tokens: the clicks, segment-anything's
 padding point when there is no box, then the two box corners. Rows are padded with `PAD`
 tokens to a bucketed length, and batches to a bucketed size, so a new number of clicks or
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from evit_jax.cli import UserError
 from evit_jax.models.sam.prompt_encoder import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, NOT_A_POINT, PAD
 
 
@@ -21,7 +24,7 @@ def bucket(n: int, minimum: int = 1) -> int:
 
 def _finite(name: str, a: np.ndarray) -> None:
     if not np.all(np.isfinite(a)):
-        raise ValueError(f"{name} contains NaN or infinite values")
+        raise UserError(f"{name} contains NaN or infinite values")
 
 
 def check_points(coords, labels, size: tuple[int, int], batched: bool = False
@@ -32,24 +35,24 @@ def check_points(coords, labels, size: tuple[int, int], batched: bool = False
     lead = "[B, N, 2]" if batched else "[N, 2]"
     c = np.asarray(coords, dtype=np.float64)
     if c.ndim != (3 if batched else 2) or c.shape[-1] != 2:
-        raise ValueError(f"point_coords must have shape {lead} (XY pixels), got {c.shape}")
+        raise UserError(f"point_coords must have shape {lead} (XY pixels), got {c.shape}")
     if labels is None:
-        raise ValueError("point_labels must be given with point_coords (1 = foreground, "
+        raise UserError("point_labels must be given with point_coords (1 = foreground, "
                          "0 = background), e.g. np.ones(len(point_coords))")
     lab = np.asarray(labels)
     if lab.dtype.kind not in "iubf":
-        raise ValueError(f"point_labels must be numbers (1, 0 or -1), got dtype {lab.dtype}")
+        raise UserError(f"point_labels must be numbers (1, 0 or -1), got dtype {lab.dtype}")
     if lab.shape != c.shape[:-1]:
-        raise ValueError(f"point_labels shape {lab.shape} does not match point_coords "
+        raise UserError(f"point_labels shape {lab.shape} does not match point_coords "
                          f"{c.shape}: one label per point")
     if lab.size and not np.isin(lab, (-1, 0, 1)).all():
-        raise ValueError(f"point_labels must be 1 (foreground), 0 (background) or -1 "
+        raise UserError(f"point_labels must be 1 (foreground), 0 (background) or -1 "
                          f"(ignored point), got {np.unique(lab)}")
     _finite("point_coords", c)
     h, w = size
     if c.size and ((c[..., 0] < 0).any() or (c[..., 0] > w).any() or (c[..., 1] < 0).any()
                    or (c[..., 1] > h).any()):
-        raise ValueError(f"point_coords lie outside the {w}x{h} (WxH) image; points are XY "
+        raise UserError(f"point_coords lie outside the {w}x{h} (WxH) image; points are XY "
                          "pixels of the original image (clip with np.clip)")
     return c, lab.astype(np.int32)
 
@@ -61,7 +64,7 @@ def check_boxes(box, size: tuple[int, int], batched: bool = False) -> np.ndarray
         b = b[0]
     if b.ndim != (2 if batched else 1) or b.shape[-1] != 4:
         want = "[B, 4]" if batched else "[4]"
-        raise ValueError(f"box must have shape {want} (XYXY pixels), got {b.shape}")
+        raise UserError(f"box must have shape {want} (XYXY pixels), got {b.shape}")
     _finite("box", b)
     h, w = size
     rows = b.reshape(-1, 4)
@@ -73,11 +76,11 @@ def check_boxes(box, size: tuple[int, int], batched: bool = False) -> np.ndarray
 
     bad = (rows[:, 2] < rows[:, 0]) | (rows[:, 3] < rows[:, 1])
     if bad.any():
-        raise ValueError(f"boxes must be XYXY with x0 <= x1 and y0 <= y1; {first(bad)} is not")
+        raise UserError(f"boxes must be XYXY with x0 <= x1 and y0 <= y1; {first(bad)} is not")
     bad = ((rows[:, 0::2] < 0) | (rows[:, 0::2] > w) | (rows[:, 1::2] < 0)
            | (rows[:, 1::2] > h)).any(1)
     if bad.any():
-        raise ValueError(f"{first(bad)} lies (partly) outside the {w}x{h} (WxH) image; "
+        raise UserError(f"{first(bad)} lies (partly) outside the {w}x{h} (WxH) image; "
                          f"clip it: np.clip(box, 0, [{w}, {h}, {w}, {h}])")
     return b
 
@@ -92,7 +95,7 @@ def check_masks(mask_input, n: int, low_res: int, batched: bool = False) -> np.n
         m = m[None]
     if m.shape != (n, low_res, low_res):
         want = f"[B, 1, {low_res}, {low_res}]" if batched else f"[1, {low_res}, {low_res}]"
-        raise ValueError(f"mask_input must have shape {want} (the low_res logits of a "
+        raise UserError(f"mask_input must have shape {want} (the low_res logits of a "
                          f"previous prediction), got {np.shape(mask_input)}")
     _finite("mask_input", m)
     return m
