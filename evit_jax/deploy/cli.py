@@ -13,13 +13,20 @@ from typing import Any
 from evit_jax.cli import UserError, parse_resolution
 
 FORMATS = ("stablehlo", "onnx", "tflite")
+# Every jax2onnx release that runs with our jax (0.16 on) declares orbax-checkpoint<0.11.37,
+# which the core's orbax pin excludes, so pip cannot install it as part of the [onnx] extra.
+# It runs without that orbax (only its own examples use it): installed with --no-deps, as
+# the Makefile does (tests/test_export.py checks that the three agree).
+JAX2ONNX = "jax2onnx==0.17.1"
+ONNX_INSTALL = f"pip install 'evit-jax[onnx]' && pip install --no-deps {JAX2ONNX}"
+ONNX_MODULES = ("jax2onnx", "onnx", "onnx_ir", "onnxruntime")  # what the export imports
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     """`--format`, and the ONNX- / TFLite-only flags."""
     ap.add_argument("--format", choices=FORMATS, default="stablehlo",
-                    help="artifact format: stablehlo (jax.export, default), onnx "
-                         "(pip install -e '.[onnx]') or tflite (pip install -e '.[tflite]'); "
+                    help=f"artifact format: stablehlo (jax.export, default), onnx "
+                         f"({ONNX_INSTALL}) or tflite (pip install 'evit-jax[tflite]'); "
                          "see docs/deploy.md")
     ap.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     ap.add_argument("--image-size", type=parse_resolution, default=None,
@@ -41,6 +48,7 @@ def check(args: argparse.Namespace) -> None:
     if args.platform:
         raise UserError(f"--platform is for --format stablehlo; {args.format} runs anywhere")
     if args.format == "onnx":
+        require_onnx()
         if args.dtype != "float32":
             raise UserError("ONNX export is float32; leave out --dtype")
         if args.float16:
@@ -57,6 +65,17 @@ def check(args: argparse.Namespace) -> None:
         raise UserError(f"{args.model} has no parts; leave out --part")
     if args.image_size is not None:
         raise UserError("--image-size is for the SAM decoder in ONNX; leave it out")
+
+
+def require_onnx() -> None:
+    """A one-line error naming the install command that works when a package of the ONNX
+    export is missing (before any weights are read)."""
+    import importlib.util
+
+    missing = [m for m in ONNX_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UserError(f"--format onnx needs {', '.join(missing)}, not installed here: "
+                        f"{ONNX_INSTALL}")
 
 
 def export(args: argparse.Namespace, variables: Any) -> str:

@@ -186,7 +186,8 @@ def to_onnx(program: OnnxProgram, opset: int = 17, model_name: str = "evit") -> 
     try:
         from jax2onnx import to_onnx as j2o
     except ImportError as e:
-        raise UserError("ONNX export needs jax2onnx: pip install -e '.[onnx]'") from e
+        from evit_jax.deploy.cli import ONNX_INSTALL  # the command that works (--no-deps)
+        raise UserError(f"ONNX export needs jax2onnx: {ONNX_INSTALL}") from e
     from jax2onnx.plugins.jax.numpy.einsum import JnpEinsumPlugin
     specs = [tuple(s) for s in program.inputs]
     # jax2onnx's IR serialiser logs one warning per untyped shape constant; not actionable.

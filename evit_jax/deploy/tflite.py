@@ -47,7 +47,7 @@ from evit_jax.zoo import create_model, model_info
 
 TASKS = ("cls", "seg", "sr")
 OUTPUT_NAMES = {"cls": "logits", "seg": "logits", "sr": "output"}
-INSTALL = "pip install -e '.[tflite]'"
+INSTALL = "pip install 'evit-jax[tflite]'"
 FLOAT16_EPS = 2.0**-24  # float16's smallest (subnormal) number, exact once dequantised
 
 
