@@ -361,6 +361,24 @@ def test_cli_errors_before_loading(tmp_path, capsys):
     assert "--port 0" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("gone", ["fastapi", "multipart"])
+def test_cli_names_a_missing_app_dependency_before_loading(gone, tmp_path, capsys, monkeypatch):
+    """uvicorn without fastapi (or python-multipart): one line naming the extra, before the
+    model loads and compiles (it was a traceback after ~20 s of compiling)."""
+    from evit_jax.sam import app as app_module
+
+    monkeypatch.setitem(sys.modules, gone, None)  # `import fastapi` fails
+    if gone == "multipart":
+        monkeypatch.setitem(sys.modules, "python_multipart", None)
+    monkeypatch.setattr(app_module, "load", lambda args: pytest.fail("loaded the model"))
+    t0 = time.perf_counter()
+    assert main(["--model", NAME, "--weights", str(tmp_path)]) == 1
+    want = "fastapi" if gone == "fastapi" else "python-multipart"
+    assert capsys.readouterr().err == (f"evit-sam-app: error: the app needs {want}, not "
+                                       "installed here: pip install 'evit-jax[app]'\n")
+    assert time.perf_counter() - t0 < 1
+
+
 @pytest.mark.slow  # ~1.5 min: the start-up compiles every warm shape
 def test_cli_serves_the_page_and_a_prompt(weights, tmp_path):
     """`evit-sam-app` end to end: load, compile, listen; upload and click over HTTP."""

@@ -176,11 +176,29 @@ def load(args: argparse.Namespace) -> SamApp:
                              "stability_score_thresh": args.stability_score_thresh})
 
 
+APP_INSTALL = "pip install 'evit-jax[app]'"
+
+
+def require_app_dependencies() -> None:
+    """A one-line error naming the extra when a package of the app is missing: checked
+    before the model loads and compiles (~20 s), not when the server starts."""
+    import importlib.util
+
+    def have(*modules: str) -> bool:  # any of the names (python-multipart renamed its module)
+        return any(importlib.util.find_spec(m) is not None for m in modules)
+
+    missing = [pkg for pkg, modules in (("fastapi", ("fastapi",)), ("uvicorn", ("uvicorn",)),
+                                        ("python-multipart", ("python_multipart", "multipart")))
+               if not have(*modules)]
+    if missing:
+        raise UserError(f"the app needs {', '.join(missing)}, not installed here: "
+                        f"{APP_INSTALL}")
+
+
 def _main(args: argparse.Namespace) -> int:
-    try:
-        import uvicorn
-    except ImportError:
-        raise UserError("the app needs its extra: pip install 'evit-jax[app]'") from None
+    require_app_dependencies()
+    import uvicorn
+
     t0 = time.perf_counter()
     sam = load(args)
     print(f"{PROG}: loaded {args.model} in {time.perf_counter() - t0:.1f} s; compiling ...",
