@@ -117,3 +117,24 @@ def allow_negative_numbers(parser: argparse.ArgumentParser) -> argparse.Argument
     (`--box -5,10,100,100`, `--thresh -1e-3`), as they are without the "-". Returns `parser`."""
     parser._negative_number_matcher = _NUMBERS  # what argparse asks "is this a number?"
     return parser
+
+
+def write_report(name: str, text: str) -> Path | None:
+    """Keep `text` (a long list or log that a one-line error points to) in this user's own
+    folder under the temporary directory, as `name` with a content hash before the suffix (the
+    same report again reuses the file); returns the path, or None where it cannot be written
+    (a report must never hide the error it belongs to)."""
+    import hashlib
+
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    folder = Path(tempfile.gettempdir()) / f"evit-jax-{uid if uid is not None else 'user'}"
+    stem, dot, suffix = re.sub(r"[^A-Za-z0-9_.-]", "_", name).rpartition(".")
+    digest = hashlib.sha1(text.encode()).hexdigest()[:10]
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        if uid is not None and folder.stat().st_uid != uid:  # someone else's: not there
+            return None
+        return write_atomic(folder / (f"{stem}-{digest}.{suffix}" if dot else
+                                      f"{suffix}-{digest}"), text)
+    except OSError:
+        return None

@@ -15,18 +15,14 @@ and every source key used with the right shape; otherwise one error lists all pr
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
-import tempfile
 from collections.abc import Callable, Mapping
-from pathlib import Path as FsPath
 from typing import Any
 
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from evit_jax.cli import UserError, write_atomic
+from evit_jax.cli import UserError, write_report
 from evit_jax.zoo import MODELS, abstract_variables, create_model, model_info
 
 Path = tuple[str, ...]
@@ -62,7 +58,7 @@ class CheckpointMismatchError(UserError):
         if len(kinds) > 1:  # more than a key or two off: most likely another model's file
             line += (". Is this the checkpoint of another model? (evit_jax.list_models() "
                      "lists names; timm files need the timm name, e.g. 'efficientvit_b1')")
-        self.report_path = (self._write_report()
+        self.report_path = (write_report(f"key-mismatch-{model}.txt", self.report())
                             if any(len(items) > self.SHOWN for _, items in kinds) else None)
         if self.report_path is not None:
             line += f". The full list: {self.report_path}"
@@ -81,22 +77,6 @@ class CheckpointMismatchError(UserError):
                 lines.append(f"{len(items)} {title}:")
                 lines.extend(f"  {k}" for k in items)
         return "\n".join(lines) + "\n"
-
-    def _write_report(self) -> FsPath | None:
-        """`report()` as a file in this user's own temporary folder, named by its content
-        (the same mismatch again reuses it); None where it cannot be written."""
-        text = self.report()
-        digest = hashlib.sha1(text.encode()).hexdigest()[:10]
-        uid = os.getuid() if hasattr(os, "getuid") else None
-        folder = FsPath(tempfile.gettempdir()) / f"evit-jax-{uid if uid is not None else 'user'}"
-        name = re.sub(r"[^A-Za-z0-9_.-]", "_", self.model)
-        try:
-            folder.mkdir(mode=0o700, exist_ok=True)
-            if uid is not None and folder.stat().st_uid != uid:  # someone else's: not there
-                return None
-            return write_atomic(folder / f"key-mismatch-{name}-{digest}.txt", text)
-        except OSError:  # a report we cannot write must not hide the error itself
-            return None
 
 
 # --------------------------------------------------------------------------------- timm names
