@@ -2,17 +2,27 @@
 masks as overlay PNGs and downloads. No web framework here: `app.create_app` wires these to
 HTTP.
 
-Concurrency: the handlers are `async`; every model call (encode, decode, the generator) and
-every image decode runs in a worker thread (`run_in_threadpool`), and XLA releases the GIL
-while it computes, so the event loop keeps answering (the page, progress polls, other users)
-during a 2-second encode. Encodes go one at a time (`encode_slots`): two at once would share
-the same cores and both finish late, while one after the other gives the first user their
-embedding in half the time. Prompts take no lock at all: a decoder call is short and runs
-beside an encode or a generator batch, so a user's click never waits behind another user's
-upload. "Segment everything" runs in its own thread, one job at a time (`everything_slots`;
-later ones wait, shown as queued), and checks for cancellation between batches of clicks.
-Sessions (one image each: the image, its embedding, the last result) live in a bounded LRU
-(`--max-sessions`); an upload to an evicted session starts a new one.
+Concurrency: the handlers are `async`; every model call runs in a worker thread, and XLA
+releases the GIL while it computes, so the event loop keeps answering (the page, progress
+polls, other users, uploads still arriving) during an encode. Uploads are decoded and
+encoded one at a time, in arrival order, by one worker (`encoder`): two encodes at once
+would share the same cores and both finish late. At most `max_queued_uploads` wait there;
+more are refused with 429 and a Retry-After, so a burst cannot pile up memory. Prompts take
+no lock: a decoder call is short and runs beside an encode or a generator batch, so a user's
+click never waits behind another user's upload. "Segment everything" runs in its own
+thread, one job at a time (`everything_slots`; at most `max_queued_everything` wait, shown
+as queued), and checks for cancellation between batches of clicks.
+
+Memory: a session keeps its image's embedding (`[1, 64, 64, 256]` float32, 4 MiB), the
+upscaling maps of its size and its last result (run-length encoded, 4 bytes a run), not the
+image itself (the generator needs only its shape). Sessions live in an LRU bounded both in
+count (`max_sessions`) and in those bytes (`session_memory_bytes`); a session running or
+queueing "segment everything" is not dropped while it does. So the memory the sessions hold
+is at most `session_memory_bytes` (and `max_sessions` times one session), on top of what
+the model and compiled code take, plus the uploads in flight (at most `max_queued_uploads`
+of `max_upload_bytes`, and one decoded image). Session ids are 128-bit random
+(`secrets.token_urlsafe(16)`): the id is the key to a session, never listed, logged or put
+in an error message.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,11 +54,12 @@ PROMPT_RGB = (30, 144, 255)  # the mask overlay of a prompt result
 
 
 class AppError(Exception):
-    """A request the app refuses: HTTP `status` with a one-line `detail`."""
+    """A request the app refuses: HTTP `status` with a one-line `detail` (and headers, e.g.
+    Retry-After for 429)."""
 
-    def __init__(self, status: int, detail: str):
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None):
         super().__init__(detail)
-        self.status, self.detail = status, detail
+        self.status, self.detail, self.headers = status, detail, headers
 
 
 # ------------------------------------------------------------------------------- masks
@@ -85,16 +97,26 @@ def _pil():
     return Image
 
 
+def compact_rle(rle: dict[str, Any]) -> dict[str, Any]:
+    """An uncompressed RLE with its counts as uint32 (4 bytes a run instead of a Python
+    int in a list); `amg_utils` reads either."""
+    return {"size": list(rle["size"]), "counts": np.asarray(rle["counts"], np.uint32)}
+
+
 @dataclass
 class Result:
-    """The masks of the last prompt or generator run (uncompressed RLEs: a few KB each) and
-    the image they belong to (its name and `[H, W]`)."""
+    """The masks of the last prompt or generator run (compact RLEs: a few KB each) and the
+    image they belong to (its name and `[H, W]`)."""
 
     kind: str  # "prompt" | "everything"
     rles: list[dict[str, Any]]
     scores: list[float]
     name: str
     size: tuple[int, int]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(r["counts"].nbytes + 64 for r in self.rles)
 
     def masks(self, index: int | None) -> tuple[list[int], np.ndarray]:
         ids = list(range(len(self.rles))) if index is None else [index]
@@ -115,6 +137,10 @@ class Job:
     count: int = 0
     seconds: float = 0.0
     cancel: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def live(self) -> bool:
+        return self.state in ("queued", "running")
 
     def view(self) -> dict[str, Any]:
         out = {"state": self.state, "done": self.done, "total": self.total,
@@ -164,13 +190,19 @@ class _SessionGenerator(SamAutomaticMaskGenerator):
 
 @dataclass(frozen=True)
 class Encoded:
-    """One upload: the image uint8 `[H, W, 3]`, its file name, and the predictor holding its
-    embedding `[1, 64, 64, 256]`. Replaced whole by the next upload, never changed, so a
-    request that took it sees one consistent image."""
+    """One upload: its file name, `[H, W]`, and the predictor holding its embedding
+    `[1, 64, 64, 256]` (`nbytes`: what that keeps in memory). Replaced whole by the next
+    upload, never changed, so a request that took it sees one consistent image."""
 
-    image: np.ndarray
     name: str
+    size: tuple[int, int]
     predictor: SamPredictor
+    nbytes: int
+
+    def shape_only_image(self) -> np.ndarray:
+        """A uint8 `[H, W, 3]` that takes no memory (one pixel, broadcast): the generator
+        reads only the image's shape, the embedding is the predictor's."""
+        return np.broadcast_to(np.zeros((1, 1, 3), np.uint8), (*self.size, 3))
 
 
 @dataclass
@@ -186,61 +218,136 @@ class Session:
             raise AppError(409, "no image in this session yet: open one first")
         return cur
 
+    @property
+    def nbytes(self) -> int:
+        """The memory this session holds: embedding, maps, last result, overlay PNG."""
+        cur, result, job = self.current, self.result, self.job
+        return ((cur.nbytes if cur else 0) + (result.nbytes if result else 0)
+                + (len(job.png) if job else 0))
+
 
 # ----------------------------------------------------------------------------- the app
+def check_limits(**limits: float) -> None:
+    """One-line errors for limits below 1, named as the CLI's flags (`max_sessions` ->
+    `--max-sessions`)."""
+    for key, value in limits.items():
+        if value < 1:
+            raise UserError(f"--{key.replace('_', '-')} must be at least 1, got {value:g}")
+
+
 class SamApp:
-    """The state behind the endpoints: model, sessions, locks. `create_app` wraps it.
+    """The state behind the endpoints: model, sessions, queues. `create_app` wraps it.
 
     Args:
       model, variables: an EfficientViT-SAM model and its variables.
-      max_sessions: sessions kept (LRU); each holds an image, a 4 MB embedding, one result.
+      max_sessions: sessions kept (LRU); each holds a 4 MiB embedding and its last result.
+      session_memory_mb: the most memory the sessions together hold (LRU, as `max_sessions`).
       max_upload_bytes, max_pixels: uploads above these are refused (413).
+      max_queued_uploads: uploads waiting to be encoded; more are refused (429).
+      max_queued_everything: "segment everything" runs queued or running; more are refused
+        (429).
+      upload_timeout_s: an upload not received whole within this is refused (408).
       points_per_side: the default grid of "segment everything".
       generator: more `SamAutomaticMaskGenerator` arguments (e.g. `pred_iou_thresh`).
     """
 
-    def __init__(self, model: Any, variables: Any, max_sessions: int = 8,
-                 max_upload_bytes: int = 20 << 20, max_pixels: int = 16_000_000,
+    def __init__(self, model: Any, variables: Any, max_sessions: int = 64,
+                 session_memory_mb: float = 1024, max_upload_bytes: int = 20 << 20,
+                 max_pixels: int = 16_000_000, max_queued_uploads: int = 32,
+                 max_queued_everything: int = 4, upload_timeout_s: float = 60.0,
                  points_per_side: int = 16, generator: dict[str, Any] | None = None):
         import jax
-        if max_sessions < 1:
-            raise UserError(f"--max-sessions must be >= 1, got {max_sessions}")
+        check_limits(max_sessions=max_sessions, session_memory_mb=session_memory_mb,
+                     max_queued_uploads=max_queued_uploads, upload_timeout=upload_timeout_s)
         self.model = model
         self.variables = jax.device_put(variables)
         self.max_sessions = max_sessions
+        self.session_memory_bytes = int(session_memory_mb * 2**20)
         self.max_upload_bytes = max_upload_bytes
         self.max_pixels = max_pixels
+        self.max_queued_uploads = max_queued_uploads
+        self.max_queued_everything = max_queued_everything
+        self.upload_timeout_s = upload_timeout_s
         self.points_per_side = points_per_side
         self.generator = dict(generator or {})
         self.sessions: OrderedDict[str, Session] = OrderedDict()
-        self.lock = threading.Lock()  # guards `sessions` (touched from threads and the loop)
-        self.encode_slots = threading.Semaphore(1)
+        self.lock = threading.Lock()  # guards `sessions` and the counters below
+        self.uploads_queued = 0
+        self.everything_pending = 0
+        self.evicted = 0
+        self.encoder = ThreadPoolExecutor(1, thread_name_prefix="sam-encode")
         self.everything_slots = threading.Semaphore(1)
 
     # ------------------------------------------------------------------- sessions (LRU)
-    def session(self, sid: str | None, create: bool = False) -> Session:
+    def session(self, sid: str | None) -> Session:
+        """The live session `sid` (now the most recently used); 404 for any other string."""
         with self.lock:
             s = self.sessions.get(sid or "")
-            if s is not None:
-                self.sessions.move_to_end(s.id)
-                return s
-            if not create:
+            if s is None:
                 raise AppError(404, "unknown or expired session: open the image again")
-            s = Session(secrets.token_urlsafe(12))
-            self.sessions[s.id] = s
-            while len(self.sessions) > self.max_sessions:
-                _, old = self.sessions.popitem(last=False)
-                if old.job is not None:
-                    old.job.cancel.set()
+            self.sessions.move_to_end(s.id)
             return s
 
+    def new_session(self) -> Session:
+        """An empty session (the next upload fills it); the LRU is trimmed."""
+        with self.lock:
+            s = Session(secrets.token_urlsafe(16))
+            self.sessions[s.id] = s
+            self._trim(keep=s)
+            return s
+
+    def install(self, sid: str | None, encoded: Encoded) -> Session:
+        """Put an encoded upload into session `sid` (a new one if `sid` is not live), cancel
+        that session's running job, and drop least recently used sessions beyond the limits.
+        """
+        with self.lock:
+            s = self.sessions.get(sid or "")
+            if s is None:
+                s = Session(secrets.token_urlsafe(16))
+                self.sessions[s.id] = s
+            self.sessions.move_to_end(s.id)
+            if s.job is not None:
+                s.job.cancel.set()
+            # One assignment each: a prompt running now keeps the embedding it started with.
+            s.current, s.result, s.job = encoded, None, None
+            self._trim(keep=s)
+            return s
+
+    def _trim(self, keep: Session | None = None) -> None:
+        """Drop least recently used sessions while over `max_sessions` or the memory budget
+        (`lock` held); sessions with a queued or running "segment everything" stay."""
+        total = sum(s.nbytes for s in self.sessions.values())
+        for sid in list(self.sessions):
+            if (len(self.sessions) <= self.max_sessions
+                    and total <= self.session_memory_bytes):
+                return
+            s = self.sessions[sid]
+            if s is keep or (s.job is not None and s.job.live):
+                continue
+            total -= s.nbytes
+            del self.sessions[sid]
+            self.evicted += 1
+
+    def stats(self) -> dict[str, Any]:
+        """Counts for `/api/status` (no ids)."""
+        with self.lock:
+            held = sum(s.nbytes for s in self.sessions.values())
+            return {"sessions": len(self.sessions), "max_sessions": self.max_sessions,
+                    "session_mb": round(held / 2**20, 2),
+                    "session_memory_mb": round(self.session_memory_bytes / 2**20, 2),
+                    "evicted": self.evicted, "uploads_queued": self.uploads_queued,
+                    "everything_pending": self.everything_pending}
+
     # ------------------------------------------------------------------------- warm-up
-    def warm(self, prompts: Sequence[tuple[int, bool]] = ((1, True), (1, False), (3, True),
-                                                          (3, False)),
+    def warm(self, prompts: Sequence[tuple[int, bool]] | None = None,
              everything: bool = True) -> float:
         """Compile before the first user: the encoder, the decoder for the prompt shapes of
-        `prompts` ((clicks, multimask): 1 click, and 3 clicks or a box + 1 click, are the two
-        smallest token shapes) and the generator's batch. Returns seconds."""
+        `prompts` ((clicks, multimask); default every token bucket up to `MAX_CLICKS`
+        clicks with multimask, the page's default, and 1 and 3 clicks without) and the
+        generator's batch. Returns seconds."""
+        if prompts is None:
+            prompts = [(n, True) for n in (1, 3, 7, 15, MAX_CLICKS)] + [(1, False),
+                                                                         (3, False)]
         t0 = time.perf_counter()
         image = np.zeros((64, 64, 3), np.uint8)
         p = SamPredictor(self.model, self.variables)
@@ -255,6 +362,29 @@ class SamApp:
         return time.perf_counter() - t0
 
     # ------------------------------------------------------------------------- upload
+    def admit_upload(self) -> None:
+        """Count an upload in, or refuse it (429) when `max_queued_uploads` already wait;
+        `upload_done` counts it out."""
+        with self.lock:
+            if self.uploads_queued >= self.max_queued_uploads:
+                wait = max(1, round(self.uploads_queued * 0.5))
+                raise AppError(429, f"{self.uploads_queued} images are waiting to be encoded: "
+                                    f"try again in {wait} s", {"Retry-After": str(wait)})
+            self.uploads_queued += 1
+
+    def upload_done(self) -> None:
+        with self.lock:
+            self.uploads_queued -= 1
+
+    def process_upload(self, data: bytes, name: str) -> tuple[Encoded, str, float, float]:
+        """Decode and encode one upload (the `encoder` worker runs these one at a time):
+        (the encoded image, a notice, decode seconds, encode seconds)."""
+        t0 = time.perf_counter()
+        image, notice = self.decode_upload(data, name)
+        t1 = time.perf_counter()
+        encoded = self.encode(image, name)
+        return encoded, notice, t1 - t0, time.perf_counter() - t1
+
     def decode_upload(self, data: bytes, name: str) -> tuple[np.ndarray, str]:
         """Upload bytes -> uint8 RGB `[H, W, 3]` and a notice ("" or what was converted),
         through `evit-segment`'s reader (16-bit scaling, decompression-bomb guard)."""
@@ -290,19 +420,13 @@ class SamApp:
                 raise AppError(status, msg) from None
         return image, notice
 
-    def encode(self, s: Session, image: np.ndarray, name: str) -> float:
-        """Encode `image` into session `s` (one encode at a time); returns seconds."""
-        with self.encode_slots:
-            t0 = time.perf_counter()
-            p = SamPredictor(self.model, self.variables)
-            p.set_image(image)
-            p.features.block_until_ready()
-            seconds = time.perf_counter() - t0
-        if s.job is not None:
-            s.job.cancel.set()
-        # One assignment: a prompt running now keeps the image and embedding it started with.
-        s.current, s.result, s.job = Encoded(image, name, p), None, None
-        return seconds
+    def encode(self, image: np.ndarray, name: str) -> Encoded:
+        """Encode `image` (uint8 `[H, W, 3]`) -> `Encoded`; the image is not kept."""
+        p = SamPredictor(self.model, self.variables)
+        p.set_image(image)
+        p.features.block_until_ready()
+        held = p.features.nbytes + sum(m.nbytes for m in p._maps)
+        return Encoded(name, tuple(image.shape[:2]), p, int(held))
 
     # ------------------------------------------------------------------------- prompt
     def prompt(self, s: Session, points: list[list[float]], labels: list[int],
@@ -326,7 +450,7 @@ class SamApp:
             raise AppError(422, one_line(e)) from None
         decode_ms = 1e3 * (time.perf_counter() - t0)
         if s.current is cur:  # not if a new upload replaced the image meanwhile
-            s.result = Result("prompt", [U.mask_to_rle(m) for m in masks],
+            s.result = Result("prompt", [compact_rle(U.mask_to_rle(m)) for m in masks],
                               [float(v) for v in iou], cur.name, p.original_size)
         color = np.array([PROMPT_RGB])
         return {"masks": [{"png": mask_png(m[None], color), "score": float(v),
@@ -340,38 +464,49 @@ class SamApp:
         n = points_per_side or self.points_per_side
         if not 2 <= n <= 64:
             raise AppError(422, f"points_per_side must be in 2..64, got {n}")
-        if s.job is not None and s.job.state in ("queued", "running"):
-            return s.job
-        job = Job(total=n * n)
-        s.job = job
+        with self.lock:
+            if s.job is not None and s.job.live:
+                return s.job
+            if self.everything_pending >= self.max_queued_everything:
+                raise AppError(429, f"{self.everything_pending} segment-everything runs are "
+                                    "queued or running: try again in a minute",
+                               {"Retry-After": "30"})
+            self.everything_pending += 1
+            job = Job(total=n * n)
+            s.job = job
         threading.Thread(target=self._everything, args=(s, cur, job, n),
-                         daemon=True, name=f"everything-{s.id}").start()
+                         daemon=True, name="sam-everything").start()
         return job
 
     def _everything(self, s: Session, cur: Encoded, job: Job, n: int) -> None:
-        image = cur.image
-        with self.everything_slots:
-            t0 = time.perf_counter()
-            job.state = "running"
-            try:
-                gen = _SessionGenerator(cur.predictor, job, points_per_side=n,
-                                        **{"points_per_batch": 64, **self.generator})
-                records = gen.generate(image)
-                rles = [r["segmentation"] for r in records]
-                masks = np.array([U.rle_to_mask(r) for r in rles], bool).reshape(
-                    -1, *image.shape[:2])
-                job.png = mask_png(masks, palette(len(masks))) if len(masks) else ""
-                job.count = len(masks)
-                if s.job is job:  # not replaced by a new upload meanwhile
-                    s.result = Result("everything", rles,
-                                      [float(r["predicted_iou"]) for r in records], cur.name,
-                                      tuple(image.shape[:2]))
-                job.state = "done"
-            except _Cancelled:
-                job.state = "cancelled"
-            except Exception as e:  # shown in the page; the server goes on
-                job.error, job.state = one_line(e), "error"
-            job.seconds = time.perf_counter() - t0
+        image = cur.shape_only_image()
+        try:
+            with self.everything_slots:
+                t0 = time.perf_counter()
+                job.state = "running"
+                try:
+                    gen = _SessionGenerator(cur.predictor, job, points_per_side=n,
+                                            **{"points_per_batch": 64, **self.generator})
+                    records = gen.generate(image)
+                    rles = [compact_rle(r["segmentation"]) for r in records]
+                    masks = np.array([U.rle_to_mask(r) for r in rles], bool).reshape(
+                        -1, *image.shape[:2])
+                    job.png = mask_png(masks, palette(len(masks))) if len(masks) else ""
+                    job.count = len(masks)
+                    if s.job is job:  # not replaced by a new upload meanwhile
+                        s.result = Result("everything", rles,
+                                          [float(r["predicted_iou"]) for r in records],
+                                          cur.name, cur.size)
+                    job.state = "done"
+                except _Cancelled:
+                    job.state = "cancelled"
+                except Exception as e:  # shown in the page; the server goes on
+                    job.error, job.state = one_line(e), "error"
+                job.seconds = time.perf_counter() - t0
+        finally:
+            with self.lock:
+                self.everything_pending -= 1
+                self._trim()  # its result counts now
 
     # ---------------------------------------------------------------------- downloads
     def download_png(self, s: Session, index: int | None) -> bytes:
