@@ -340,23 +340,24 @@ class SamApp:
 
     # ------------------------------------------------------------------------- warm-up
     def warm(self, prompts: Sequence[tuple[int, bool]] | None = None,
-             everything: bool = True) -> float:
+             everything: bool = True, image_size: tuple[int, int] = (64, 64)) -> float:
         """Compile before the first user: the encoder, the decoder for the prompt shapes of
         `prompts` ((clicks, multimask); default every token bucket up to `MAX_CLICKS`
         clicks with multimask, the page's default, and 1 and 3 clicks without) and the
-        generator's batch. Returns seconds."""
+        generator's batch; the upscaling to the original size for `image_size` (H, W) (other
+        sizes compile theirs in well under a second). Returns seconds."""
         if prompts is None:
             prompts = [(n, True) for n in (1, 3, 7, 15, MAX_CLICKS)] + [(1, False),
                                                                          (3, False)]
         t0 = time.perf_counter()
-        image = np.zeros((64, 64, 3), np.uint8)
+        image = np.zeros((*image_size, 3), np.uint8)
         p = SamPredictor(self.model, self.variables)
         p.set_image(image)
         for clicks, multimask in prompts:
             p.predict(np.full((clicks, 2), 8.0), np.ones(clicks), multimask_output=multimask)
         if everything:
             job = Job(total=0)
-            gen = _SessionGenerator(p, job, points_per_side=8,
+            gen = _SessionGenerator(p, job, points_per_side=self.points_per_side,
                                     **{"points_per_batch": 64, **self.generator})
             gen.generate(image)
         return time.perf_counter() - t0
