@@ -40,7 +40,7 @@ import numpy as np
 
 from evit_jax.cli import UserError, run, write_atomic
 
-PROG = "evit-sam-loadtest"
+PROG = "python -m evit_jax.sam.loadtest"
 REFUSALS = (413, 422, 429)  # designed refusals of a request that was well formed
 
 
@@ -144,13 +144,12 @@ class User:
             w, h = self.size
             points: list[list[float]] = []
             labels: list[int] = []
-            best = 0
-            for i in range(self.clicks):
+            for _ in range(self.clicks):
                 if len(points) == self.max_points:  # the user clears and starts again
                     points, labels = [], []
                 points.append([float(self.rng.uniform(0, w)), float(self.rng.uniform(0, h))])
                 labels.append(int(self.rng.random() < 0.8))
-                best = self.prompt(points, labels, None)["best"]
+                self.prompt(points, labels, None)
                 if self.first_mask is None:
                     self.first_mask = time.perf_counter() - t_upload
             x0, y0 = self.rng.uniform(0, w / 2), self.rng.uniform(0, h / 2)
