@@ -27,9 +27,9 @@ def main(argv: list[str]) -> None:
     p.add_argument("--grid", type=int, default=0)
     p.add_argument("--warm-clicks", default="1,3", help="click counts compiled at start")
     p.add_argument("--warm-size", default="320x240", help="WxH the upscaling is compiled for")
-    p.add_argument("--points-per-batch", type=int, default=64,
-                   help="segment everything: clicks per decoder call (1: the shape of a "
-                        "one-click prompt, nothing more to compile)")
+    p.add_argument("--points-per-batch", type=int, default=0,
+                   help="segment everything: clicks per decoder call (default the app's "
+                        "choice; 1: the shape of a one-click prompt, nothing more to compile)")
     argv = ["--weights", "-"] + argv  # the weights are random here
     args = p.parse_args(argv)
     model = sam_model(args.model, args.encoder_size, args.grid)
@@ -38,10 +38,12 @@ def main(argv: list[str]) -> None:
                  max_upload_bytes=int(args.max_upload_mb * 2**20),
                  max_pixels=int(args.max_megapixels * 1e6),
                  max_queued_uploads=args.max_queued_uploads,
-                 upload_timeout_s=args.upload_timeout, points_per_side=args.points_per_side,
+                 upload_timeout_s=args.upload_timeout, prompt_workers=args.prompt_workers,
+                 points_per_side=args.points_per_side,
                  generator={"pred_iou_thresh": args.pred_iou_thresh,
                             "stability_score_thresh": args.stability_score_thresh,
-                            "points_per_batch": args.points_per_batch})
+                            **({"points_per_batch": args.points_per_batch}
+                               if args.points_per_batch else {})})
     w, h = (int(v) for v in args.warm_size.split("x"))
     clicks = [int(c) for c in args.warm_clicks.split(",")]
     seconds = sam.warm([(c, True) for c in clicks], everything=True, image_size=(h, w))

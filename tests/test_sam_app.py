@@ -419,6 +419,27 @@ def test_session_ids_are_unguessable_and_private(client, sam, disc_session):
         sam.sessions.pop(sid, None)
 
 
+def test_in_flight_memory_is_bounded_by_image_size():
+    """Segment everything sizes its batch so a batch's full-size masks stay within 256 MiB
+    (64 at segment-anything's default was 700 MiB at 640x480, 12 GB at 16 Mpx); the overlay
+    of N masks decodes one RLE at a time, to the same PNG as from the arrays."""
+    from types import SimpleNamespace
+
+    from evit_jax.sam.app_state import compact_rle, mask_png
+
+    def batch(h, w, **generator):
+        return SamApp.generator_args(SimpleNamespace(generator=generator), (h, w))
+
+    assert [batch(*hw)["points_per_batch"] for hw in [(256, 256), (480, 640), (1080, 1920),
+                                                      (4000, 4000)]] == [64, 16, 4, 1]
+    assert batch(4000, 4000, points_per_batch=32)["points_per_batch"] == 32  # set: kept
+    _, disc = disc_image()
+    masks = [disc, ~disc, np.zeros_like(disc)]
+    colors = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255]], np.uint8)
+    assert mask_png([compact_rle(U.mask_to_rle(m)) for m in masks], colors) == \
+        mask_png(np.stack(masks), colors)
+
+
 def test_cli_errors_before_loading(tmp_path, capsys):
     assert main(["--model", "efficientvit-b0", "--weights", str(tmp_path)]) == 1
     assert "not a SAM model" in capsys.readouterr().err

@@ -140,7 +140,7 @@ def test_sixteen_users_full_model_and_the_memory_bound(tmp_path):
     server's RSS levels off at the LRU's bound instead of growing with the sessions."""
     budget = 160
     with Server(tmp_path, "--session-memory-mb", str(budget), "--upload-timeout", "10",
-                "--warm-clicks", "1,3,7,15", "--warm-size", "640x480",
+                "--warm-clicks", "1,3,7,15,30", "--warm-size", "640x480",
                 startup_s=900) as server:
         before = rss_mib(server.proc.pid)
         report = load_test(server.url, users=16, clicks=20, max_points=20, size=(640, 480),

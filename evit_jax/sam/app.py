@@ -60,6 +60,12 @@ def create_app(sam: SamApp):
     from starlette.requests import ClientDisconnect
 
     app = FastAPI(title="EfficientViT-SAM", docs_url=None, redoc_url=None, openapi_url=None)
+    # Prompts and downloads computed at once; the others wait here, holding no thread.
+    workers = asyncio.Semaphore(sam.prompt_workers)
+
+    async def in_worker(fn, *args):
+        async with workers:
+            return await run_in_threadpool(fn, *args)
 
     @app.exception_handler(AppError)
     async def _app_error(request: Request, e: AppError):
@@ -125,8 +131,8 @@ def create_app(sam: SamApp):
         s = sam.session(body.session)
         if len(body.labels) != len(body.points):
             raise AppError(422, f"{len(body.points)} points but {len(body.labels)} labels")
-        return await run_in_threadpool(sam.prompt, s, body.points, body.labels, body.box,
-                                       body.multimask)
+        return await in_worker(sam.prompt, s, body.points, body.labels, body.box,
+                               body.multimask)
 
     @app.post("/api/everything", status_code=202)
     async def everything(body: EverythingIn):
@@ -145,14 +151,14 @@ def create_app(sam: SamApp):
 
     @app.get("/api/masks.png")
     async def masks_png(session: str, index: int | None = None):
-        data = await run_in_threadpool(sam.download_png, sam.session(session), index)
+        data = await in_worker(sam.download_png, sam.session(session), index)
         name = "masks.png" if index is None else f"mask{index}.png"
         return Response(data, media_type="image/png",
                         headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
     @app.get("/api/masks.json")
     async def masks_json(session: str, index: int | None = None):
-        data = await run_in_threadpool(sam.download_json, sam.session(session), index)
+        data = await in_worker(sam.download_json, sam.session(session), index)
         return Response(json.dumps(data), media_type="application/json", headers={
             "Content-Disposition": 'attachment; filename="masks.json"'})
 
@@ -180,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="uploads waiting to be encoded; more get 429 (busy, retry)")
     p.add_argument("--upload-timeout", type=float, default=60,
                    help="seconds an upload may take to arrive (then 408)")
+    p.add_argument("--prompt-workers", type=int, default=0,
+                   help="prompts and downloads computed at once, the others wait their turn "
+                        "(default: the CPU cores, 2..8)")
     p.add_argument("--points-per-side", type=int, default=16,
                    help="segment everything: clicks per side of the grid")
     p.add_argument("--pred-iou-thresh", type=float, default=0.88,
@@ -199,6 +208,9 @@ def load(args: argparse.Namespace) -> SamApp:
         raise UserError(f"--port {args.port}: give 1..65535")
     check_limits(max_sessions=args.max_sessions, session_memory_mb=args.session_memory_mb,
                  max_queued_uploads=args.max_queued_uploads, upload_timeout=args.upload_timeout)
+    if args.prompt_workers < 0:
+        raise UserError(f"--prompt-workers must be at least 1 (0: the cores), got "
+                        f"{args.prompt_workers}")
     model = evit_jax.create_model(args.model)
     variables = evit_jax.load_variables(args.weights, model=args.model)
     return SamApp(model, variables, max_sessions=args.max_sessions,
@@ -206,7 +218,7 @@ def load(args: argparse.Namespace) -> SamApp:
                   max_upload_bytes=int(args.max_upload_mb * 2**20),
                   max_pixels=int(args.max_megapixels * 1e6),
                   max_queued_uploads=args.max_queued_uploads,
-                  upload_timeout_s=args.upload_timeout,
+                  upload_timeout_s=args.upload_timeout, prompt_workers=args.prompt_workers,
                   points_per_side=args.points_per_side,
                   generator={"pred_iou_thresh": args.pred_iou_thresh,
                              "stability_score_thresh": args.stability_score_thresh})

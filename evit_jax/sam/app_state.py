@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import secrets
 import tempfile
 import threading
@@ -50,6 +51,11 @@ from evit_jax.sam.draw import outline, palette
 from evit_jax.sam.predictor import SamPredictor
 
 MAX_CLICKS = 30  # decoder token rows are padded to powers of two: <= 32 tokens, 5 shapes
+# Segment everything computes a batch of clicks' full-size masks at once: logits (float32),
+# masks and the stability score's two thresholds, ~10 bytes a pixel for each of the three
+# masks of a click. Its batch is sized to keep that within 256 MiB at any image size.
+EVERYTHING_BATCH_BYTES = 256 << 20
+EVERYTHING_BYTES_PER_PIXEL = 10
 PROMPT_RGB = (30, 144, 255)  # the mask overlay of a prompt result
 
 
@@ -63,18 +69,28 @@ class AppError(Exception):
 
 
 # ------------------------------------------------------------------------------- masks
-def mask_png(masks: np.ndarray, colors: np.ndarray, alpha: int = 110) -> str:
-    """Boolean masks `[N, H, W]` -> a base64 palette PNG of their overlay: transparent outside,
-    each mask tinted in its colour (largest drawn first, so small ones stay visible) and
-    outlined opaquely. A palette PNG is a fraction of the size of RGBA and encodes faster."""
+def mask_png(masks: Sequence[Any], colors: np.ndarray, alpha: int = 110) -> str:
+    """Masks (boolean `[H, W]` arrays, or RLEs decoded one at a time, so N masks never take
+    N full-size arrays) -> a base64 palette PNG of their overlay: transparent outside, each
+    mask tinted in its colour (largest drawn first, so small ones stay visible) and outlined
+    opaquely. A palette PNG is a fraction of the size of RGBA and encodes faster."""
+    def get(i: int) -> np.ndarray:
+        m = masks[i]
+        return U.rle_to_mask(m) if isinstance(m, dict) else np.asarray(m, bool)
+
+    def area(m: Any) -> int:
+        return U.area_from_rle(m) if isinstance(m, dict) else int(np.asarray(m).sum())
+
     n = len(masks)
-    idx = np.zeros(masks.shape[1:], np.uint8)
-    order = sorted(range(n), key=lambda i: -int(masks[i].sum()))
+    first = masks[0]
+    shape = tuple(first["size"]) if isinstance(first, dict) else np.shape(first)
+    idx = np.zeros(shape, np.uint8)
+    order = sorted(range(n), key=lambda i: -area(masks[i]))
     slot = {i: k % 127 for k, i in enumerate(order)}  # 127 colours: fill k + 1, edge k + 128
     for i in order:
-        idx[masks[i]] = slot[i] + 1
+        idx[get(i)] = slot[i] + 1
     for i in order:
-        idx[outline(masks[i])] = slot[i] + 128
+        idx[outline(get(i))] = slot[i] + 128
     pal = np.zeros((256, 3), np.uint8)
     cols = np.asarray(colors, np.uint8)[order][:127]
     pal[1:1 + len(cols)] = cols
@@ -118,11 +134,11 @@ class Result:
     def nbytes(self) -> int:
         return sum(r["counts"].nbytes + 64 for r in self.rles)
 
-    def masks(self, index: int | None) -> tuple[list[int], np.ndarray]:
-        ids = list(range(len(self.rles))) if index is None else [index]
+    def ids(self, index: int | None) -> list[int]:
+        """The masks a download asks for: all, or `index` (404 if there is none)."""
         if index is not None and not 0 <= index < len(self.rles):
             raise AppError(404, f"no mask {index}: the last result has {len(self.rles)}")
-        return ids, np.array([U.rle_to_mask(self.rles[i]) for i in ids], bool)
+        return list(range(len(self.rles))) if index is None else [index]
 
 
 @dataclass
@@ -247,6 +263,7 @@ class SamApp:
       max_queued_everything: "segment everything" runs queued or running; more are refused
         (429).
       upload_timeout_s: an upload not received whole within this is refused (408).
+      prompt_workers: prompts and downloads computed at once (default: the cores, 2..8).
       points_per_side: the default grid of "segment everything".
       generator: more `SamAutomaticMaskGenerator` arguments (e.g. `pred_iou_thresh`).
     """
@@ -255,7 +272,8 @@ class SamApp:
                  session_memory_mb: float = 1024, max_upload_bytes: int = 20 << 20,
                  max_pixels: int = 16_000_000, max_queued_uploads: int = 32,
                  max_queued_everything: int = 4, upload_timeout_s: float = 60.0,
-                 points_per_side: int = 16, generator: dict[str, Any] | None = None):
+                 prompt_workers: int = 0, points_per_side: int = 16,
+                 generator: dict[str, Any] | None = None):
         import jax
         check_limits(max_sessions=max_sessions, session_memory_mb=session_memory_mb,
                      max_queued_uploads=max_queued_uploads, upload_timeout=upload_timeout_s)
@@ -268,6 +286,9 @@ class SamApp:
         self.max_queued_uploads = max_queued_uploads
         self.max_queued_everything = max_queued_everything
         self.upload_timeout_s = upload_timeout_s
+        # More decoder calls at once than cores only add memory (each has its working set
+        # and full-size masks) and latency spread; the rest wait their turn (`create_app`).
+        self.prompt_workers = prompt_workers or min(8, max(2, os.cpu_count() or 2))
         self.points_per_side = points_per_side
         self.generator = dict(generator or {})
         self.sessions: OrderedDict[str, Session] = OrderedDict()
@@ -338,6 +359,15 @@ class SamApp:
                     "evicted": self.evicted, "uploads_queued": self.uploads_queued,
                     "everything_pending": self.everything_pending}
 
+    def generator_args(self, size: tuple[int, int]) -> dict[str, Any]:
+        """The generator's arguments for an `(H, W)` image: `generator`, and unless it sets
+        one, the largest `points_per_batch` (a power of two, at most 64, segment-anything's)
+        whose full-size masks, stability scores and boxes fit `EVERYTHING_BATCH_BYTES`:
+        64 at 256x256, 16 at 640x480, 1 from 4.5 Mpx."""
+        per_point = EVERYTHING_BYTES_PER_PIXEL * 3 * size[0] * size[1]  # 3 masks a click
+        fit = max(1, min(64, EVERYTHING_BATCH_BYTES // per_point))
+        return {"points_per_batch": 1 << (fit.bit_length() - 1), **self.generator}
+
     # ------------------------------------------------------------------------- warm-up
     def warm(self, prompts: Sequence[tuple[int, bool]] | None = None,
              everything: bool = True, image_size: tuple[int, int] = (64, 64)) -> float:
@@ -358,7 +388,7 @@ class SamApp:
         if everything:
             job = Job(total=0)
             gen = _SessionGenerator(p, job, points_per_side=self.points_per_side,
-                                    **{"points_per_batch": 64, **self.generator})
+                                    **self.generator_args(image_size))
             gen.generate(image)
         return time.perf_counter() - t0
 
@@ -487,13 +517,11 @@ class SamApp:
                 job.state = "running"
                 try:
                     gen = _SessionGenerator(cur.predictor, job, points_per_side=n,
-                                            **{"points_per_batch": 64, **self.generator})
+                                            **self.generator_args(cur.size))
                     records = gen.generate(image)
                     rles = [compact_rle(r["segmentation"]) for r in records]
-                    masks = np.array([U.rle_to_mask(r) for r in rles], bool).reshape(
-                        -1, *image.shape[:2])
-                    job.png = mask_png(masks, palette(len(masks))) if len(masks) else ""
-                    job.count = len(masks)
+                    job.png = mask_png(rles, palette(len(rles))) if rles else ""
+                    job.count = len(rles)
                     if s.job is job:  # not replaced by a new upload meanwhile
                         s.result = Result("everything", rles,
                                           [float(r["predicted_iou"]) for r in records],
@@ -511,25 +539,26 @@ class SamApp:
 
     # ---------------------------------------------------------------------- downloads
     def download_png(self, s: Session, index: int | None) -> bytes:
+        """Mask `index` as a 0/255 PNG, or all of them as a label map (0 none, i + 1 mask
+        i); one full-size mask decoded at a time."""
         r = self._result(s)
-        ids, masks = r.masks(index)
+        ids = r.ids(index)
         h, w = r.size
         if index is not None:
-            out = masks[0].astype(np.uint8) * 255
+            out = U.rle_to_mask(r.rles[index]).astype(np.uint8) * 255
         else:  # label map: larger masks first so smaller ones stay visible
             out = np.zeros((h, w), np.uint16 if len(ids) > 255 else np.uint8)
-            for i in sorted(range(len(ids)), key=lambda i: -int(masks[i].sum())):
-                out[masks[i]] = i + 1
+            for i in sorted(ids, key=lambda i: -U.area_from_rle(r.rles[i])):
+                out[U.rle_to_mask(r.rles[i])] = i + 1
         buf = io.BytesIO()
         _pil().fromarray(out).save(buf, format="PNG")
         return buf.getvalue()
 
     def download_json(self, s: Session, index: int | None) -> dict[str, Any]:
         r = self._result(s)
-        ids = list(range(len(r.rles))) if index is None else r.masks(index)[0]
         h, w = r.size
         anns = []
-        for k, i in enumerate(ids):
+        for k, i in enumerate(r.ids(index)):
             rle = r.rles[i]
             m = U.rle_to_mask(rle)
             ys, xs = np.nonzero(m)

@@ -211,10 +211,11 @@ def watcher(base: str, log: Log, stop: threading.Event, out: dict, timeout: floa
 
 
 def raw_upload(base: str, data: bytes, seconds: float, cut_after: float | None,
-               hold: float = 0.0) -> tuple[int | None, float]:
+               hold: float = 0.0, wait: float = 300.0) -> tuple[int | None, float]:
     """A multipart upload over a bare socket, its body dripped over `seconds`; with
     `cut_after` (a fraction) only that much is sent, then the socket is held `hold` seconds
-    (waiting for the server's answer) and closed. Returns (status or None, seconds)."""
+    (waiting for the server's answer) and closed; a whole upload waits up to `wait` seconds
+    for its answer (it queues for the encoder like any). Returns (status or None, seconds)."""
     u = urlsplit(base)
     boundary = "evitloadtestboundary"
     body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
@@ -227,7 +228,7 @@ def raw_upload(base: str, data: bytes, seconds: float, cut_after: float | None,
     chunks = max(1, int(seconds / 0.05))
     step = max(1, -(-len(send) // chunks))
     t0 = time.perf_counter()
-    with socket.create_connection((u.hostname, u.port), timeout=seconds + hold + 30) as s:
+    with socket.create_connection((u.hostname, u.port), timeout=seconds + max(hold, wait)) as s:
         s.sendall(head)
         for i in range(0, len(send), step):
             s.sendall(send[i:i + step])
@@ -299,7 +300,8 @@ def load_test(url: str, users: int = 16, clicks: int = 20, max_points: int = 20,
         raw[key] = (status, round(seconds, 2), round(time.perf_counter() - log.start, 2))
 
     if slow_seconds > 0:
-        threads.append(threading.Thread(target=raw_client, args=("slow", slow_seconds, None)))
+        threads.append(threading.Thread(target=raw_client, args=("slow", slow_seconds, None),
+                                        kwargs={"wait": deadline_s}))
     if stall:
         threads.append(threading.Thread(target=raw_client, args=("stall", 0.5, 0.5),
                                         kwargs={"hold": deadline_s}))
