@@ -113,6 +113,28 @@ def _pil():
     return Image
 
 
+def release_free_memory() -> None:
+    """Give the C heap's free pages back to the system (glibc's `malloc_trim`; elsewhere
+    nothing). `import evit_jax` keeps freed XLA buffers mapped for speed
+    (`evit_jax.malloc`), and every worker thread's arena would then keep the peak of its own
+    calls: in a long-running server that is memory no session holds. Called after each
+    upload's encode (which also returns what evicted sessions freed) and each
+    segment-everything run: a few milliseconds."""
+    global _libc
+    if _libc is None:
+        try:
+            import ctypes
+            lib = ctypes.CDLL(None)
+            _libc = lib if hasattr(lib, "malloc_trim") else False
+        except OSError:
+            _libc = False
+    if _libc:
+        _libc.malloc_trim(0)
+
+
+_libc: Any = None
+
+
 def compact_rle(rle: dict[str, Any]) -> dict[str, Any]:
     """An uncompressed RLE with its counts as uint32 (4 bytes a run instead of a Python
     int in a list); `amg_utils` reads either."""
@@ -347,7 +369,7 @@ class SamApp:
                 continue
             total -= s.nbytes
             del self.sessions[sid]
-            self.evicted += 1
+            self.evicted += 1  # its memory goes back with the next encode's release
 
     def stats(self) -> dict[str, Any]:
         """Counts for `/api/status` (no ids)."""
@@ -414,7 +436,10 @@ class SamApp:
         image, notice = self.decode_upload(data, name)
         t1 = time.perf_counter()
         encoded = self.encode(image, name)
-        return encoded, notice, t1 - t0, time.perf_counter() - t1
+        t2 = time.perf_counter()
+        del image
+        release_free_memory()  # the decode's and the encode's buffers
+        return encoded, notice, t1 - t0, t2 - t1
 
     def decode_upload(self, data: bytes, name: str) -> tuple[np.ndarray, str]:
         """Upload bytes -> uint8 RGB `[H, W, 3]` and a notice ("" or what was converted),
@@ -536,6 +561,7 @@ class SamApp:
             with self.lock:
                 self.everything_pending -= 1
                 self._trim()  # its result counts now
+            release_free_memory()  # its batches' full-size masks
 
     # ---------------------------------------------------------------------- downloads
     def download_png(self, s: Session, index: int | None) -> bytes:
