@@ -420,19 +420,22 @@ def test_session_ids_are_unguessable_and_private(client, sam, disc_session):
 
 
 def test_in_flight_memory_is_bounded_by_image_size():
-    """Segment everything sizes its batch so a batch's full-size masks stay within 256 MiB
-    (64 at segment-anything's default was 700 MiB at 640x480, 12 GB at 16 Mpx); the overlay
-    of N masks decodes one RLE at a time, to the same PNG as from the arrays."""
+    """Segment everything sizes its batch so a batch's decoder rows and full-size masks stay
+    within 256 MiB (segment-anything's 64 took 1.3 GB in the decoder alone for L0, and
+    12 GB of masks at 16 Mpx); the overlay of N masks decodes one RLE at a time, to the same
+    PNG as from the arrays."""
     from types import SimpleNamespace
 
     from evit_jax.sam.app_state import compact_rle, mask_png
 
-    def batch(h, w, **generator):
-        return SamApp.generator_args(SimpleNamespace(generator=generator), (h, w))
+    def batch(h, w, grid=64, **generator):
+        app = SimpleNamespace(generator=generator, model=SimpleNamespace(low_res_size=4 * grid))
+        return SamApp.generator_args(app, (h, w))["points_per_batch"]
 
-    assert [batch(*hw)["points_per_batch"] for hw in [(256, 256), (480, 640), (1080, 1920),
-                                                      (4000, 4000)]] == [64, 16, 4, 1]
-    assert batch(4000, 4000, points_per_batch=32)["points_per_batch"] == 32  # set: kept
+    assert [batch(*hw) for hw in [(256, 256), (480, 640), (1080, 1920), (4000, 4000)]] == [
+        8, 8, 2, 1]
+    assert batch(256, 256, grid=16) == 64 and batch(480, 640, grid=16) == 16  # small grids
+    assert batch(4000, 4000, points_per_batch=32) == 32  # set: kept
     _, disc = disc_image()
     masks = [disc, ~disc, np.zeros_like(disc)]
     colors = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255]], np.uint8)

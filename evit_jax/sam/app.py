@@ -56,16 +56,13 @@ def create_app(sam: SamApp):
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, JSONResponse, Response
     from pydantic import BaseModel
-    from starlette.concurrency import run_in_threadpool
     from starlette.requests import ClientDisconnect
 
     app = FastAPI(title="EfficientViT-SAM", docs_url=None, redoc_url=None, openapi_url=None)
-    # Prompts and downloads computed at once; the others wait here, holding no thread.
-    workers = asyncio.Semaphore(sam.prompt_workers)
-
     async def in_worker(fn, *args):
-        async with workers:
-            return await run_in_threadpool(fn, *args)
+        """Prompts and downloads: on the app's `prompt_workers` threads; the others wait in
+        its queue, holding no thread."""
+        return await asyncio.wrap_future(sam.workers.submit(fn, *args))
 
     @app.exception_handler(AppError)
     async def _app_error(request: Request, e: AppError):

@@ -10,8 +10,9 @@ would share the same cores and both finish late. At most `max_queued_uploads` wa
 more are refused with 429 and a Retry-After, so a burst cannot pile up memory. Prompts take
 no lock: a decoder call is short and runs beside an encode or a generator batch, so a user's
 click never waits behind another user's upload. "Segment everything" runs in its own
-thread, one job at a time (`everything_slots`; at most `max_queued_everything` wait, shown
-as queued), and checks for cancellation between batches of clicks.
+thread, one job at a time (`generator_pool`; at most `max_queued_everything` queued or
+running, shown as queued), and checks for cancellation between batches of clicks. Prompts
+and downloads run on `prompt_workers` fixed threads (`workers`); more wait in its queue.
 
 Memory: a session keeps its image's embedding (`[1, 64, 64, 256]` float32, 4 MiB), the
 upscaling maps of its size and its last result (run-length encoded, 4 bytes a run), not the
@@ -51,10 +52,13 @@ from evit_jax.sam.draw import outline, palette
 from evit_jax.sam.predictor import SamPredictor
 
 MAX_CLICKS = 30  # decoder token rows are padded to powers of two: <= 32 tokens, 5 shapes
-# Segment everything computes a batch of clicks' full-size masks at once: logits (float32),
-# masks and the stability score's two thresholds, ~10 bytes a pixel for each of the three
-# masks of a click. Its batch is sized to keep that within 256 MiB at any image size.
+# Segment everything decodes a batch of clicks at once: the decoder's working memory per
+# row (XLA's memory analysis of L0's decoder on a 64x64 grid: 27 MiB for one row, 316 MiB
+# for 16, so ~19.3 MiB a row, scaling with the grid's area), then their full-size masks:
+# logits (float32), masks and the stability score's thresholds, ~10 bytes a pixel for each
+# of a click's three masks. The batch is sized to keep both within 256 MiB.
 EVERYTHING_BATCH_BYTES = 256 << 20
+DECODER_ROW_BYTES = 20 << 20
 EVERYTHING_BYTES_PER_PIXEL = 10
 PROMPT_RGB = (30, 144, 255)  # the mask overlay of a prompt result
 
@@ -318,8 +322,12 @@ class SamApp:
         self.uploads_queued = 0
         self.everything_pending = 0
         self.evicted = 0
+        # Fixed threads for each kind of work: a thread's C-heap arena keeps the peak of its
+        # own calls (`release_free_memory`), so a few fixed threads bound that, where a
+        # rotating pool would spread it over many arenas.
         self.encoder = ThreadPoolExecutor(1, thread_name_prefix="sam-encode")
-        self.everything_slots = threading.Semaphore(1)
+        self.workers = ThreadPoolExecutor(self.prompt_workers, thread_name_prefix="sam-prompt")
+        self.generator_pool = ThreadPoolExecutor(1, thread_name_prefix="sam-everything")
 
     # ------------------------------------------------------------------- sessions (LRU)
     def session(self, sid: str | None) -> Session:
@@ -384,10 +392,12 @@ class SamApp:
     def generator_args(self, size: tuple[int, int]) -> dict[str, Any]:
         """The generator's arguments for an `(H, W)` image: `generator`, and unless it sets
         one, the largest `points_per_batch` (a power of two, at most 64, segment-anything's)
-        whose full-size masks, stability scores and boxes fit `EVERYTHING_BATCH_BYTES`:
-        64 at 256x256, 16 at 640x480, 1 from 4.5 Mpx."""
-        per_point = EVERYTHING_BYTES_PER_PIXEL * 3 * size[0] * size[1]  # 3 masks a click
-        fit = max(1, min(64, EVERYTHING_BATCH_BYTES // per_point))
+        whose decoder rows and full-size masks fit `EVERYTHING_BATCH_BYTES` (on a 64x64
+        grid: 8 up to 0.4 Mpx, 4 up to 1.5 Mpx, 2 up to 3.8 Mpx, then 1)."""
+        grid = self.model.low_res_size // 4
+        per_point = (DECODER_ROW_BYTES * (grid / 64) ** 2
+                     + EVERYTHING_BYTES_PER_PIXEL * 3 * size[0] * size[1])  # 3 masks a click
+        fit = int(max(1, min(64, EVERYTHING_BATCH_BYTES // per_point)))
         return {"points_per_batch": 1 << (fit.bit_length() - 1), **self.generator}
 
     # ------------------------------------------------------------------------- warm-up
@@ -530,33 +540,31 @@ class SamApp:
             self.everything_pending += 1
             job = Job(total=n * n)
             s.job = job
-        threading.Thread(target=self._everything, args=(s, cur, job, n),
-                         daemon=True, name="sam-everything").start()
+        self.generator_pool.submit(self._everything, s, cur, job, n)  # one at a time
         return job
 
     def _everything(self, s: Session, cur: Encoded, job: Job, n: int) -> None:
         image = cur.shape_only_image()
         try:
-            with self.everything_slots:
-                t0 = time.perf_counter()
-                job.state = "running"
-                try:
-                    gen = _SessionGenerator(cur.predictor, job, points_per_side=n,
-                                            **self.generator_args(cur.size))
-                    records = gen.generate(image)
-                    rles = [compact_rle(r["segmentation"]) for r in records]
-                    job.png = mask_png(rles, palette(len(rles))) if rles else ""
-                    job.count = len(rles)
-                    if s.job is job:  # not replaced by a new upload meanwhile
-                        s.result = Result("everything", rles,
-                                          [float(r["predicted_iou"]) for r in records],
-                                          cur.name, cur.size)
-                    job.state = "done"
-                except _Cancelled:
-                    job.state = "cancelled"
-                except Exception as e:  # shown in the page; the server goes on
-                    job.error, job.state = one_line(e), "error"
-                job.seconds = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            job.state = "running"
+            try:
+                gen = _SessionGenerator(cur.predictor, job, points_per_side=n,
+                                        **self.generator_args(cur.size))
+                records = gen.generate(image)
+                rles = [compact_rle(r["segmentation"]) for r in records]
+                job.png = mask_png(rles, palette(len(rles))) if rles else ""
+                job.count = len(rles)
+                if s.job is job:  # not replaced by a new upload meanwhile
+                    s.result = Result("everything", rles,
+                                      [float(r["predicted_iou"]) for r in records],
+                                      cur.name, cur.size)
+                job.state = "done"
+            except _Cancelled:
+                job.state = "cancelled"
+            except Exception as e:  # shown in the page; the server goes on
+                job.error, job.state = one_line(e), "error"
+            job.seconds = time.perf_counter() - t0
         finally:
             with self.lock:
                 self.everything_pending -= 1
