@@ -136,7 +136,7 @@ def test_sixteen_users_at_once(tmp_path):
 @pytest.mark.slow  # ~6 min on a loaded 2-core VM: the full-size encoder and decoder
 def test_sixteen_users_full_model_and_the_memory_bound(tmp_path):
     """The model as it ships (512x512, 64x64 grid) with prompts growing to 20 clicks; then
-    60 more sessions than fit in --session-memory-mb 160 (about 37 sessions of 4.3 MiB): the
+    60 more users than fit in --session-memory-mb 160 (about 29 sessions of 5.5 MiB): the
     server's RSS levels off at the LRU's bound instead of growing with the sessions."""
     budget = 160
     with Server(tmp_path, "--session-memory-mb", str(budget), "--upload-timeout", "10",
