@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
 	# tflite: TensorFlow CPU + LiteRT for tests/test_tflite.py (+32 s, +1.3 GB; docs/deploy.md)
-	$(PY) -m pip install -q -e '.[dev,sam-eval,onnx,tflite,app,app-test]' '$(TORCH)'
+	$(PY) -m pip install -q -e '.[train,dev,sam-eval,onnx,tflite,app,app-test]' '$(TORCH)'
 	# jax2onnx declares an older orbax than ours but runs without it (docs/deploy.md)
 	$(PY) -m pip install -q --no-deps 'jax2onnx==0.17.1'
 	touch $(STAMP)

@@ -1,4 +1,4 @@
-"""What every evit-jax console script shares: the user-error class, the runner, small helpers.
+"""What every evit-jax console script shares: the runner, the user-error class, small helpers.
 
 Every `evit-*` command is `run(prog, parser, main)`: it parses the arguments, calls
 `main(args)` and turns the outcome into an exit status, the same way for every command:
@@ -9,10 +9,27 @@ Every `evit-*` command is `run(prog, parser, main)`: it parses the arguments, ca
   130  interrupted (Ctrl-C); nothing half-written is left behind
   143  (evit-train only) stopped on SIGTERM / preemption after saving a checkpoint
 
-A user error is any `UserError` (the converter's `CheckpointFormatError` /
-`CheckpointMismatchError` derive from it), an `OSError` (missing file, permission, disk full,
-unreadable image), or a `ValueError` raised while checking inputs. Anything else is a bug in
-evit-jax and keeps its traceback; `EVIT_TRACEBACK=1` shows the traceback of user errors too.
+A user error is a `UserError` (`evit_jax.errors`, re-exported here), and only that: the
+converter's `CheckpointFormatError` / `CheckpointMismatchError`, a missing `[train]`
+dependency (`MissingDependencyError`) and the path errors derive from it. Anything else that
+escapes `main` (a `ValueError`, `KeyError`, `OSError` ...) is a bug in evit-jax and keeps its
+traceback (exit status 1, Python's own report). `EVIT_TRACEBACK=1` shows the traceback of user
+errors too. One more case is the user's to fix: a `ModuleNotFoundError` for a package that an
+extra declares (`evit_jax.errors.EXTRAS`: grain, tensorflow-datasets, ... of `[train]`) is
+reported as the one line `... pip install 'evit-jax[train]'`, wherever the import happens
+(library code asks first with `evit_jax.errors.require`); any other missing module is a broken
+install or a bug and keeps its traceback.
+
+Input and output paths. The user's files fail in ordinary ways (missing, a directory where a
+file belongs, no permission, disk full, an image PIL cannot read). The library turns these
+into `UserPathError`s at the boundary, where it opens a path it was given: `load_variables`,
+`save_variables`, the checkpoint readers, `write_atomic`, `read_image`, the dataset readers
+(each inside `evit_jax.errors.user_path(path)`). A `UserPathError` is a `UserError` and also
+the matching `OSError` (`FileNotFoundError`, `PermissionError`, ...), so library callers keep
+catching what they caught before, and its message names the path: `cannot read x.png: No such
+file or directory`. An `OSError` raised anywhere else is not about the user's input and keeps
+its traceback.
+
 Flags are kebab-case (`--data-dir`, `--batch-size`) in every command but evit-train, whose
 absl flags name the config's fields (`--config.data.num_workers`).
 """
@@ -28,19 +45,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from evit_jax.errors import UserError, missing_dependency, user_path
+
+__all__ = ["EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "EXIT_USER_ERROR", "USER_ERRORS",
+           "UserError", "one_line", "parse_resolution", "run", "write_atomic"]
+
 EXIT_OK, EXIT_USER_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
-
-class UserError(ValueError):
-    """Input that evit-jax cannot use (bad path, wrong model, malformed file, bad value).
-
-    The message says what is wrong and how to fix it, in one line where possible; the CLIs
-    print it without a traceback.
-    """
-
-
-# Exceptions that are the user's to fix, reported as one line by `run`.
-USER_ERRORS: tuple[type[BaseException], ...] = (UserError, OSError, ValueError)
+# What `run` reports as one line: the project's user errors, nothing else (module docstring).
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError,)
 
 
 def one_line(e: BaseException, limit: int = 16000) -> str:
@@ -54,14 +67,22 @@ def run(prog: str, parser: argparse.ArgumentParser, main: Callable[[argparse.Nam
         argv: Sequence[str] | None = None) -> int:
     """Parse `argv`, call `main(args)`, and return the exit status (module docstring)."""
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:  # --help (0) or a bad command line (2), already printed
-        return int(e.code or 0) if not isinstance(e.code, str) else EXIT_USAGE
-    try:
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as e:  # --help (0) or a bad command line (2), already printed
+            return int(e.code or 0) if not isinstance(e.code, str) else EXIT_USAGE
         status = main(args)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except ModuleNotFoundError as e:  # a package of an extra ([train]) that is not installed
+        error = missing_dependency(e)
+        if error is None:
+            raise  # not an optional dependency: a broken install or a bug
+        if os.environ.get("EVIT_TRACEBACK"):
+            raise error from e
+        print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
+        return EXIT_USER_ERROR
     except USER_ERRORS as e:
         if os.environ.get("EVIT_TRACEBACK"):
             raise
@@ -86,19 +107,25 @@ def parse_resolution(text: str) -> tuple[int, int]:
 
 def write_atomic(path: str | os.PathLike, data: str | bytes | Callable[[str], Any]) -> Path:
     """Write `path` through a temporary file in the same directory, renamed into place, so
-    a crash never leaves half a file. `data`: text, bytes, or `write(tmp_path)`."""
+    a crash never leaves half a file. `data`: text, bytes, or `write(tmp_path)`.
+
+    A path that cannot be written (no permission, a file where a directory belongs, disk
+    full) raises the `UserPathError` naming `path`.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
+    with user_path(path, "write"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        os.close(fd)
     try:
-        if callable(data):
-            data(tmp)
-        else:
-            with open(tmp, "wb") as f:
-                f.write(data.encode() if isinstance(data, str) else data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        with user_path(path, "write"):
+            if callable(data):
+                data(tmp)
+            else:
+                with open(tmp, "wb") as f:
+                    f.write(data.encode() if isinstance(data, str) else data)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

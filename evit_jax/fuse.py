@@ -18,6 +18,7 @@ from typing import Any
 import flax.linen as nn
 import numpy as np
 
+from evit_jax.errors import UserError
 from evit_jax.zoo import model_info
 
 
@@ -81,7 +82,7 @@ def fuse_bn(variables: Mapping[str, Any], model: str | nn.Module | float | None 
     """
     eps = _eps_of(model)
     if "params" not in variables:
-        raise ValueError("fuse_bn expects model variables {'params': ..., 'batch_stats': ...}")
+        raise UserError("fuse_bn expects model variables {'params': ..., 'batch_stats': ...}")
     count = [0]
     params, stats = _fold(variables["params"], variables.get("batch_stats"), eps, count)
     out = {k: v for k, v in variables.items() if k not in ("params", "batch_stats")}
@@ -89,5 +90,5 @@ def fuse_bn(variables: Mapping[str, Any], model: str | nn.Module | float | None 
     if stats:
         out["batch_stats"] = stats
     if count[0] == 0:
-        raise ValueError("fuse_bn found no conv + BatchNorm pair to fold (already folded?)")
+        raise UserError("fuse_bn found no conv + BatchNorm pair to fold (already folded?)")
     return out

@@ -1,4 +1,5 @@
-"""Pretrained weights from the Hugging Face Hub: `evit_jax.pretrained(name)`.
+"""Where the published checkpoints are on the Hugging Face Hub, and fetching them (`fetch`);
+`evit_jax.pretrained(name)` (`evit_jax.io`) fetches, converts and caches.
 
 Where each zoo name's checkpoint lives (`checkpoint_location`):
 
@@ -21,9 +22,8 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any
 
-from evit_jax.cli import UserError
+from evit_jax.errors import UserError
 
 REPOS = {"cls": "han-cai/efficientvit-cls", "seg": "han-cai/efficientvit-seg",
          "sam": "mit-han-lab/efficientvit-sam"}
@@ -134,7 +134,7 @@ def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _content_key(path: Path) -> str:
+def content_key(path: Path) -> str:
     """A short content id of a downloaded file: the Hub cache names blobs by their hash (the
     snapshot file is a link to it); without links, hash the file."""
     real = Path(os.path.realpath(path))
@@ -145,33 +145,3 @@ def _content_key(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 22), b""):
             h.update(block)
     return h.hexdigest()[:16]
-
-
-def pretrained(name: str, *, revision: str | None = None,
-               cache_dir: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Variables of the authors' (or timm's) checkpoint of zoo model `name`, like timm's
-    `pretrained=True`: `create_model(name).apply(evit_jax.pretrained(name), x)`.
-
-    The first call downloads (module docstring) and converts; later calls read the converted
-    copy from the cache. `revision` and `cache_dir` go to `huggingface_hub.hf_hub_download`.
-    """
-    from evit_jax.io import load_variables, read_config, save_variables
-    from evit_jax.zoo import model_info
-
-    spec = model_info(name)
-    path = fetch(name, revision, cache_dir)
-    repo, filename = checkpoint_location(name)
-    full = spec.name if spec.key_style != "timm" else repo.split("/", 1)[1]
-    converted = cache_root() / "pretrained" / f"{full}-{_content_key(path)}"
-    if (converted / "config.json").is_file():
-        try:
-            read_config(converted)
-            return load_variables(converted, model=spec.name)
-        except (OSError, ValueError):  # a damaged cache entry: convert again below
-            pass
-    variables = load_variables(path, model=name)  # restricted reader + strict conversion
-    save_variables(variables, converted, model=spec.name, overwrite=True,
-                   metadata={"source_repo": repo, "source_file": filename,
-                             "source_revision": revision or "main",
-                             "source_snapshot": path.parent.name, "converted_by": "pretrained"})
-    return variables

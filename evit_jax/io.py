@@ -1,138 +1,37 @@
-"""Save and load variables: `save_variables` writes one directory atomically, and
-`load_variables` is the one weight loader (that directory, a training workdir, or a checkpoint
-file converted in memory), checking the model the weights record against the one asked for.
+"""The one weight loader: `load_variables(path, model)` reads a variables directory
+(`evit_jax.vardir`, what `save_variables` / `evit-convert` write), a training workdir, or a
+checkpoint file of the authors or timm converted in memory, and checks the model the weights
+record against the one asked for; `pretrained(name)` does the same for the published
+checkpoint of a zoo name, fetched from the Hugging Face Hub (`evit_jax.hub`).
 
-Layout of a variables directory (what `evit-convert` writes):
-
-  DIR/variables.safetensors   every array, keyed by its path: `params/backbone/stages_0/...`,
-                              `batch_stats/...`
-  DIR/config.json             {"format": "evit-jax-variables", "format_version": 1,
-                               "evit_jax_version", "model", "num_tensors", "num_params",
-                               "metadata": {...}} (e.g. the source checkpoint and its sha256)
-
-Writing goes to a temporary directory beside DIR that is renamed into place at the end, so an
-interrupted or failed save leaves neither DIR nor temporary files behind.
+`save_variables`, `read_config` and the format's names are re-exported from `evit_jax.vardir`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import secrets
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flax.traverse_util import flatten_dict, unflatten_dict
+from flax.traverse_util import flatten_dict
 
-FORMAT = "evit-jax-variables"
-FORMAT_VERSION = 1
-WEIGHTS_FILE = "variables.safetensors"
-CONFIG_FILE = "config.json"
+from evit_jax.errors import UserError, UserFileNotFoundError
+from evit_jax.vardir import (
+    CONFIG_FILE,
+    FORMAT,
+    FORMAT_VERSION,
+    WEIGHTS_FILE,
+    read_config,
+    read_weights,
+    save_variables,
+)
 
-# ------------------------------------------------------------------------------- saving
-def _flat(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    flat = flatten_dict(dict(variables), sep="/")
-    return {k: np.asarray(v, order="C") for k, v in flat.items()}  # keeps 0-d shapes
-
-
-def save_variables(variables: Mapping[str, Any], directory: str | os.PathLike, *,
-                   model: str | None = None, metadata: dict | None = None,
-                   overwrite: bool = False) -> Path:
-    """Write `variables` (nested dicts of arrays: numpy or jax) to `directory`, atomically.
-
-    Args:
-      variables: e.g. `{"params": ..., "batch_stats": ...}`.
-      directory: destination; created with its parents. An existing empty directory is used.
-      model: zoo name recorded in config.json (so `create_model(info["model"])` fits).
-      metadata: JSON-serialisable facts to keep with the weights (source file, sha256, ...).
-      overwrite: replace an existing non-empty `directory` (only once the new one is complete).
-    Returns:
-      The directory as a `Path`.
-    Raises:
-      FileExistsError: `directory` exists, is not empty, and `overwrite` is False.
-    """
-    from safetensors.numpy import save_file
-
-    from evit_jax.version import __version__
-
-    dst = Path(directory)
-    if dst.exists() and not dst.is_dir():
-        raise FileExistsError(f"{dst} exists and is a file, not a directory")
-    if dst.is_dir() and any(dst.iterdir()) and not overwrite:
-        raise FileExistsError(f"{dst} already exists and is not empty; choose another "
-                              "directory or pass overwrite=True (--overwrite)")
-    flat = _flat(variables)
-    config = {"format": FORMAT, "format_version": FORMAT_VERSION,
-              "evit_jax_version": __version__, "model": model,
-              "num_tensors": len(flat),
-              "num_params": int(sum(v.size for k, v in flat.items() if k.startswith("params/"))),
-              "metadata": dict(metadata or {})}
-    text = json.dumps(config, indent=2, sort_keys=True) + "\n"  # fail early if not JSON-able
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.parent / f".{dst.name}.tmp-{secrets.token_hex(6)}"
-    tmp.mkdir()  # unlike mkdtemp, honours the umask: the result is as readable as any dir
-    try:
-        save_file(flat, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT,
-                                                            "model": model or ""})
-        (tmp / CONFIG_FILE).write_text(text)
-        for name in (WEIGHTS_FILE, CONFIG_FILE):
-            os.chmod(tmp / name, tmp.stat().st_mode & 0o666)  # safetensors writes 0600
-            with open(tmp / name, "rb") as f:
-                os.fsync(f.fileno())
-        _move_into_place(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dst
-
-
-def _move_into_place(tmp: Path, dst: Path) -> None:
-    if dst.is_dir() and not any(dst.iterdir()):
-        dst.rmdir()
-    if not dst.exists():
-        os.rename(tmp, dst)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
-    os.rename(dst, old / "x")  # keep the old copy until the new one is in place
-    try:
-        os.rename(tmp, dst)
-    except BaseException:
-        os.rename(old / "x", dst)
-        raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-# ------------------------------------------------------------------------------ loading
-def read_config(directory: str | os.PathLike) -> dict[str, Any]:
-    """The config.json of a variables directory (model name, versions, metadata)."""
-    d = Path(directory)
-    path = d / CONFIG_FILE
-    if d.is_file():
-        raise NotADirectoryError(f"{d} is a file, not a variables directory (load a checkpoint "
-                                 "file with load_variables(path, model=NAME))")
-    if not d.is_dir():
-        raise FileNotFoundError(f"{d}: no such directory (convert a checkpoint into it with "
-                                "`evit-convert --model NAME --src FILE --dst DIR`)")
-    if not path.is_file():
-        raise FileNotFoundError(f"{d}: not an evit-jax variables directory (no {CONFIG_FILE}; "
-                                "expected what save_variables / evit-convert write)")
-    try:
-        config = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: corrupt ({e}); convert the checkpoint again") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise ValueError(f"{path}: not an evit-jax variables config")
-    if int(config.get("format_version", 0)) > FORMAT_VERSION:
-        raise ValueError(f"{d}: written in format version {config['format_version']} by "
-                         f"evit-jax {config.get('evit_jax_version')}; this evit-jax reads up "
-                         f"to {FORMAT_VERSION}: upgrade evit-jax")
-    return config
+__all__ = ["CONFIG_FILE", "FORMAT", "FORMAT_VERSION", "WEIGHTS_FILE", "check_fits",
+           "check_model", "load_variables", "pretrained", "read_config", "recorded_model",
+           "same_model", "save_variables"]
 
 
 def load_variables(path: str | os.PathLike, model: str | None = None, *,
@@ -174,7 +73,7 @@ def load_variables(path: str | os.PathLike, model: str | None = None, *,
     else:
         recorded = read_config(p).get("model")
         check_model(p, recorded, model)
-        variables = _read_weights(p)
+        variables = read_weights(p)
     if model and not recorded:
         check_fits(p, variables, model)
     return variables
@@ -195,10 +94,10 @@ def recorded_model(path: str | os.PathLike) -> str | None:
     return None
 
 
-def _missing(p: Path) -> FileNotFoundError:
-    return FileNotFoundError(f"{p}: no such file or directory (give a variables directory "
-                             "written by evit-convert, a training workdir, or a checkpoint "
-                             "file .pt/.pth/.bin/.safetensors)")
+def _missing(p: Path) -> UserFileNotFoundError:
+    return UserFileNotFoundError(f"{p}: no such file or directory (give a variables directory "
+                                 "written by evit-convert, a training workdir, or a checkpoint "
+                                 "file .pt/.pth/.bin/.safetensors)")
 
 
 def same_model(a: str, b: str) -> bool:
@@ -215,7 +114,6 @@ def same_model(a: str, b: str) -> bool:
 def check_model(path: str | os.PathLike, recorded: str | None, model: str | None) -> None:
     """Raise a one-line UserError when weights recorded as `recorded` are asked for as
     `model` (nothing to check when either is unknown)."""
-    from evit_jax.cli import UserError
     from evit_jax.zoo import model_info
 
     if not model or not recorded:
@@ -234,7 +132,6 @@ def check_model(path: str | os.PathLike, recorded: str | None, model: str | None
 def check_fits(path: str | os.PathLike, variables: Mapping[str, Any], model: str) -> None:
     """Raise a one-line UserError unless `variables` have exactly the arrays (paths and
     shapes) of zoo model `model`: the check for weights that record no model name."""
-    from evit_jax.cli import UserError
     from evit_jax.zoo import abstract_variables, create_model
 
     want = flatten_dict(abstract_variables(create_model(model)), sep="/")
@@ -250,7 +147,6 @@ def check_fits(path: str | os.PathLike, variables: Mapping[str, Any], model: str
 
 
 def _load_checkpoint_file(p: Path, model: str | None, key: str | None) -> dict[str, Any]:
-    from evit_jax.cli import UserError
     from evit_jax.convert.keymap import convert_state_dict
     from evit_jax.convert.readers import load_state_dict
 
@@ -260,18 +156,31 @@ def _load_checkpoint_file(p: Path, model: str | None, key: str | None) -> dict[s
     return convert_state_dict(model, load_state_dict(p, key))
 
 
-def _read_weights(d: Path) -> dict[str, Any]:
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
+def pretrained(name: str, *, revision: str | None = None,
+               cache_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Variables of the authors' (or timm's) checkpoint of zoo model `name`, like timm's
+    `pretrained=True`: `create_model(name).apply(evit_jax.pretrained(name), x)`.
 
-    weights = d / WEIGHTS_FILE
-    if not weights.is_file():
-        raise ValueError(f"{d}: incomplete variables directory ({WEIGHTS_FILE} is missing); "
-                         "convert the checkpoint again")
-    import ml_dtypes  # noqa: F401  (lets safetensors read bfloat16 arrays)
+    The first call downloads (`evit_jax.hub`) and converts; later calls read the converted
+    copy from the cache. `revision` and `cache_dir` go to `huggingface_hub.hf_hub_download`.
+    """
+    from evit_jax.hub import cache_root, checkpoint_location, content_key, fetch
+    from evit_jax.zoo import model_info
 
-    try:
-        flat = load_file(str(weights))
-    except SafetensorError as e:
-        raise ValueError(f"{weights}: corrupt ({e}); convert the checkpoint again") from None
-    return unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
+    spec = model_info(name)
+    path = fetch(name, revision, cache_dir)
+    repo, filename = checkpoint_location(name)
+    full = spec.name if spec.key_style != "timm" else repo.split("/", 1)[1]
+    converted = cache_root() / "pretrained" / f"{full}-{content_key(path)}"
+    if (converted / "config.json").is_file():
+        try:
+            read_config(converted)
+            return load_variables(converted, model=spec.name)
+        except (OSError, ValueError):  # a damaged cache entry: convert again below
+            pass
+    variables = load_variables(path, model=name)  # restricted reader + strict conversion
+    save_variables(variables, converted, model=spec.name, overwrite=True,
+                   metadata={"source_repo": repo, "source_file": filename,
+                             "source_revision": revision or "main",
+                             "source_snapshot": path.parent.name, "converted_by": "pretrained"})
+    return variables

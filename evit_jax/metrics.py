@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 
+from evit_jax.errors import UserError
+
 # MATLAB rgb2ycbcr, Y row, for RGB in [0, 1] -> Y in [16, 235] (x 255 scale).
 _Y_WEIGHTS = np.array([65.481, 128.553, 24.966], np.float64)
 
@@ -25,13 +27,13 @@ def _prepare(img: np.ndarray, ref: np.ndarray, crop_border: int,
              y_channel: bool) -> tuple[np.ndarray, np.ndarray]:
     a, b = np.asarray(img), np.asarray(ref)
     if a.shape != b.shape:
-        raise ValueError(f"images differ in shape: {a.shape} vs {b.shape} (crop or resize "
-                         "the output to the reference's size)")
+        raise UserError(f"images differ in shape: {a.shape} vs {b.shape} (crop or resize "
+                        "the output to the reference's size)")
     if a.ndim != 3 or a.shape[-1] != 3:
-        raise ValueError(f"expected [H, W, 3] RGB images in [0, 255], got shape {a.shape}")
+        raise UserError(f"expected [H, W, 3] RGB images in [0, 255], got shape {a.shape}")
     if crop_border < 0 or 2 * crop_border >= min(a.shape[:2]):
-        raise ValueError(f"crop_border={crop_border} leaves nothing of a "
-                         f"{a.shape[0]}x{a.shape[1]} image")
+        raise UserError(f"crop_border={crop_border} leaves nothing of a "
+                        f"{a.shape[0]}x{a.shape[1]} image")
     a, b = a.astype(np.float64), b.astype(np.float64)
     if crop_border:
         a = a[crop_border:-crop_border, crop_border:-crop_border]
@@ -91,6 +93,6 @@ def ssim(img: np.ndarray, ref: np.ndarray, crop_border: int = 0,
     """
     a, b = _prepare(img, ref, crop_border, y_channel)
     if min(a.shape[:2]) < 11:
-        raise ValueError(f"SSIM needs at least 11x11 pixels after cropping, got "
-                         f"{a.shape[0]}x{a.shape[1]}")
+        raise UserError(f"SSIM needs at least 11x11 pixels after cropping, got "
+                        f"{a.shape[0]}x{a.shape[1]}")
     return float(np.mean([_ssim_plane(a[..., c], b[..., c]) for c in range(a.shape[-1])]))

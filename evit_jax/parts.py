@@ -1,6 +1,8 @@
 """A zoo model's inference "parts": what `evit-bench` times and `evit-export` lowers.
 
-Classification and segmentation models have one part, `model` (images -> logits). SAM
+Classification and segmentation models have one part, `model` (images -> logits);
+detectors too (images -> the boxes and scores of every prediction point, decoded: NMS runs
+outside, `evit_jax.det.batched_nms`). SAM
 models have three: `encoder` (images -> embeddings, `encode_image`), `decoder` (a batch of
 prompts against one image's embeddings, `predict_masks`) and `e2e` (encoder, then one
 prompt per image). Each `Part` gives its function and the shapes of its inputs, so both
@@ -18,11 +20,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from evit_jax.errors import UserError
 from evit_jax.zoo import model_info
 
 DTYPES: dict[str, Any] = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 PARTS: dict[str, tuple[str, ...]] = {"cls": ("model",), "seg": ("model",),
-                                     "sam": ("encoder", "decoder", "e2e"), "sr": ("model",)}
+                                     "sam": ("encoder", "decoder", "e2e"), "sr": ("model",),
+                                     "det": ("model",)}
 _F32, _I32 = jnp.float32, jnp.int32
 # One foreground click plus SAM's padding point per prompt.
 POINTS_PER_PROMPT = 2
@@ -63,19 +67,25 @@ def _prompts(batch: Any) -> tuple[jax.ShapeDtypeStruct, jax.ShapeDtypeStruct]:
             jax.ShapeDtypeStruct((batch, POINTS_PER_PROMPT), _I32))
 
 
+def _detect(model: nn.Module, variables: Any, images: Any) -> tuple[Any, Any]:
+    """A detector's inference part: boxes `[N, A, 4]` xyxy and scores `[N, A, C]`."""
+    from evit_jax.det.boxes import decode
+    return decode(model.apply(variables, images), model.strides)
+
+
 def inference_parts(name: str) -> dict[str, Part]:
     """Every inference part of zoo model `name`, by part name (see the module docstring)."""
     spec = model_info(name)
     if spec.task != "sam":
         def res(r):
             return tuple(spec.resolution) if r is None else tuple(r)
-        return {"model": Part("model", ("images",), lambda m, v, x: m.apply(v, x),
-                              lambda n, hw: (_images(n, hw),), res)}
+        run = _detect if spec.task == "det" else lambda m, v, x: m.apply(v, x)
+        return {"model": Part("model", ("images",), run, lambda n, hw: (_images(n, hw),), res)}
     s, dec = spec.head.encoder_size, spec.head.decoder
 
     def encoder_res(r):
         if r is not None and tuple(r) != (s, s):
-            raise ValueError(f"{name}'s encoder takes {s}x{s} images, not {r[0]}x{r[1]}")
+            raise UserError(f"{name}'s encoder takes {s}x{s} images, not {r[0]}x{r[1]}")
         return (s, s)
 
     def encode(m: nn.Module, v: Any, x: Any) -> Any:
@@ -104,12 +114,12 @@ def inference_part(name: str, part: str | None = None) -> Part:
     parts = inference_parts(name)
     part = part or next(iter(parts))
     if part not in parts:
-        raise ValueError(f"{name} has parts {tuple(parts)}, not {part!r}")
+        raise UserError(f"{name} has parts {tuple(parts)}, not {part!r}")
     return parts[part]
 
 
 def compute_dtype(dtype: str) -> Any:
     """The jnp dtype of a `DTYPES` name; a clear error for any other."""
     if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        raise UserError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     return DTYPES[dtype]

@@ -8,7 +8,7 @@
 
 The trainer (train/checkpoint.py) writes and resumes these with the full train state; this
 module only reads the weights back, so `evit_jax.load_variables(DIR)` works without the
-training code. orbax is imported only when a workdir is read.
+training code. orbax (of the `[train]` extra) is imported only when a workdir is read.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import json
 import os
 from typing import Any
 
-from evit_jax.cli import UserError
+from evit_jax.errors import UserError, UserFileNotFoundError, require
 
 # The run's config, model name and class count (not `config.json`: that name marks a
 # directory of converted variables).
@@ -62,11 +62,11 @@ def load_inference_variables(workdir: str | os.PathLike, step: int | None = None
       step: which checkpoint (default: the latest).
       use_ema: the EMA weights (default: when the run kept an EMA, as its evaluation did).
     """
-    from absl import logging
+    logging = require("absl.logging")  # orbax and absl come with [train] (the trainer wrote DIR)
 
     directory = checkpoint_dir(workdir)
     if not os.path.isdir(directory):
-        raise FileNotFoundError(f"{workdir}: not a training workdir (no checkpoints/)")
+        raise UserFileNotFoundError(f"{workdir}: not a training workdir (no checkpoints/)")
     verbosity = logging.get_verbosity()
     logging.set_verbosity(logging.ERROR)  # orbax warns about read-only use and step metadata
     try:
@@ -77,22 +77,23 @@ def load_inference_variables(workdir: str | os.PathLike, step: int | None = None
 
 def _load_item(directory: str, step: int | None, use_ema: bool | None) -> dict[str, Any]:
     import numpy as np
-    import orbax.checkpoint as ocp
     from jax import tree
+
+    ocp = require("orbax.checkpoint")
 
     if step is None:
         with ocp.CheckpointManager(directory, item_names=("params", "ema", "opt", "data"),
                                    options=ocp.CheckpointManagerOptions(read_only=True)) as m:
             step = m.latest_step()
     if step is None:
-        raise FileNotFoundError(f"no finished checkpoint in {directory} (train longer, or "
-                                "wait for the first save)")
+        raise UserFileNotFoundError(f"no finished checkpoint in {directory} (train longer, or "
+                                    "wait for the first save)")
     path = os.path.join(directory, str(step))
     has_ema = os.path.isdir(os.path.join(path, "ema"))
     item = "ema" if (has_ema if use_ema is None else use_ema) else "params"
     if not os.path.isdir(os.path.join(path, item)):
-        raise FileNotFoundError(f"checkpoint {path} holds no {item!r} weights"
-                                + (" (the run kept no EMA)" if item == "ema" else ""))
+        raise UserFileNotFoundError(f"checkpoint {path} holds no {item!r} weights"
+                                    + (" (the run kept no EMA)" if item == "ema" else ""))
     try:
         with ocp.PyTreeCheckpointer() as ckptr:
             meta = ckptr.metadata(os.path.join(path, item)).item_metadata.tree

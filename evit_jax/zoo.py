@@ -20,8 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
+from evit_jax.errors import UserError
 from evit_jax.models.backbone import BackboneConfig, EfficientViTBackbone
 from evit_jax.models.cls import EfficientViTCls
+from evit_jax.models.det import DetConfig, EfficientViTDet, det_parts
 from evit_jax.models.heads import ClsHead, ClsHeadConfig, SegHeadConfig, seg_head
 from evit_jax.models.sam import EfficientViTSam, SamConfig
 from evit_jax.models.sam.mask_decoder import MaskDecoder
@@ -29,6 +31,7 @@ from evit_jax.models.sam.neck import SamImageEncoder, sam_neck
 from evit_jax.models.sam.prompt_encoder import PromptEncoder
 from evit_jax.models.seg import EfficientViTSeg
 from evit_jax.models.sr import EfficientViTSR, SRBodyConfig, SRHeadConfig
+from evit_jax.models.v1 import FastSegHead, FastSegHeadConfig, V1Backbone, V1Config
 from evit_jax.nn.conv import with_folded_bn
 from evit_jax.nn.init import recording
 
@@ -37,7 +40,7 @@ _XL = dict(family="l", dim=32, act="gelu",
            block_list=("res", "fmb", "fmb", "fmb", "att@3", "att@3"),
            expand_list=(1, 4, 4, 4, 4, 6), fewer_norm_list=(False,) * 4 + (True, True))
 
-BACKBONES: dict[str, BackboneConfig] = {
+BACKBONES: dict[str, BackboneConfig | V1Config] = {
     "b0": BackboneConfig("b", (8, 16, 32, 64, 128), (1, 2, 2, 2, 2), dim=16),
     "b1": BackboneConfig("b", (16, 32, 64, 128, 256), (1, 2, 3, 3, 4), dim=16),
     "b2": BackboneConfig("b", (24, 48, 96, 192, 384), (1, 3, 4, 4, 6), dim=32),
@@ -50,10 +53,15 @@ BACKBONES: dict[str, BackboneConfig] = {
                           depth_list=(0, 1, 1, 2, 3, 3), **_XL),
     "xl1": BackboneConfig(width_list=(32, 64, 128, 256, 512, 1024),
                           depth_list=(1, 2, 2, 4, 6, 6), **_XL),
+    # The v1 paper's EfficientViT-Base (seed 003; models/v1.py, docs/v1.md).
+    "base": V1Config(),
+    "base-w1.2": V1Config().scaled(1.2),
 }
 CLS_HEAD_WIDTHS = {"b0": (1024, 1280), "b1": (1536, 1600), "b2": (2304, 2560),
                    "b3": (2304, 2560), "l1": (3072, 3200), "l2": (3072, 3200),
-                   "l3": (6144, 6400)}
+                   "l3": (6144, 6400),
+                   # v1 (ours, fitted to the paper's params and MACs: docs/v1.md)
+                   "base": (1024, 2688), "base-w1.2": (1232, 3224)}
 NORM_EPS = {"b": 1e-5, "l": 1e-7}  # the zoo's eps of every norm, per family
 
 
@@ -63,20 +71,26 @@ class ModelSpec:
 
     Attributes:
       name: zoo name.
-      task: "cls", "seg", "sam" or "sr".
+      task: "cls", "seg", "sam", "sr" or "det".
       backbone: key of BACKBONES (SR_BODIES for "sr").
       head: the head config (ClsHeadConfig, SegHeadConfig, or SAM's).
       norm_eps: eps of every norm (the reference's `set_norm_eps`).
       attn_eps: LiteMLA eps (1e-15 official, 1e-5 timm).
-      key_style: checkpoint key naming, "official" or "timm" (the converter requires it).
+      key_style: checkpoint key naming, "official", "timm" or "yolox" (Megvii's layout of
+        a YOLOX detector, the EfficientViT backbone as its `backbone.backbone`); the
+        converter requires it.
       resolution: evaluation resolution (H, W) of its checkpoint / fixtures.
       crop_pct: evaluation center-crop ratio (classification).
       dataset: what the checkpoint was trained and evaluated on: "imagenet", "cityscapes",
-        "ade20k", "sa-1b" (SAM); None for SR (ours, no published weights).
+        "ade20k", "sa-1b" (SAM), "coco" (detection); None for SR (ours, no published
+        weights).
       eval_mode: evaluation resize: "shorter" (shorter side to `eval_size`, then the
-        `crop_pct` centre crop) or "fixed" (to (eval_size, 2 * eval_size), Cityscapes).
+        `crop_pct` centre crop), "fixed" (to (eval_size, 2 * eval_size), Cityscapes) or
+        "letterbox" (detection: longer side to the resolution, padded bottom / right).
       checkpoint: file name of the official checkpoint, if one is published.
-      paper: published accuracy, e.g. {"top1": 79.39, "top5": 94.346} or {"miou": 80.547}.
+      paper: published figures, e.g. {"top1": 79.39, "top5": 94.346} or {"miou": 80.547};
+        for the v1 models also "params" and "macs" (at `resolution`), and for the
+        segmenter "macs_at" {(H, W): MACs} (the paper's tables).
     """
 
     name: str
@@ -186,6 +200,8 @@ def _build_table() -> dict[str, ModelSpec]:
                                           key_style="timm",
                                           crop_pct=CROP_PCT["timm"].get(v, 1.0))
     _add_sr(table)
+    _add_v1(table)
+    _add_det(table)
     return table
 
 
@@ -206,10 +222,86 @@ def _add_sr(table: dict[str, ModelSpec]) -> None:
                                 resolution=SR_RESOLUTION)
 
 
+# ---------------------------------------------------------------------------------------------
+# EfficientViT-Base of the v1 paper (seed 003, Tables 2-3; never released, no checkpoints): the
+# backbone is BACKBONES["base"]; heads and fitting are ours (models/v1.py, docs/v1.md).
+# Classification: (name suffix, backbone, resolution, top-1, top-5, params, MACs).
+_V1_CLS = [("r192", "base", 192, 77.7, None, 7.9e6, 304e6),
+           ("r224", "base", 224, 78.6, None, 7.9e6, 406e6),
+           ("r224-w1.2", "base-w1.2", 224, 79.7, 94.8, 10.9e6, 584e6)]
+# Segmentation (Cityscapes): "r1408" etc. name the longer side of a 1:2 input (docs/v1.md).
+_V1_SEG_MACS = {(704, 1408): 9.1e9, (768, 1536): 10.8e9, (1024, 2048): 19.1e9}
+
+
+def _add_v1(table: dict[str, ModelSpec]) -> None:
+    for suffix, bb, res, top1, top5, params, macs in _V1_CLS:
+        name = f"efficientvit-base-{suffix}"
+        table[name] = ModelSpec(name, "cls", bb, ClsHeadConfig(CLS_HEAD_WIDTHS[bb]), 1e-5,
+                                resolution=(res, res), dataset="imagenet",
+                                paper={"top1": top1, "top5": top5, "params": params,
+                                       "macs": macs})
+    name, city = "efficientvit-base-seg-cityscapes", SEG_DATASETS["cityscapes"]
+    table[name] = ModelSpec(name, "seg", "base", FastSegHeadConfig(num_classes=19), 1e-5,
+                            resolution=city["resolution"], dataset="cityscapes",
+                            eval_mode=city["eval_mode"],
+                            paper={"miou": 78.7, "params": 6.5e6,
+                                   "macs": _V1_SEG_MACS[city["resolution"]],
+                                   "macs_at": dict(_V1_SEG_MACS)})
+
+
+# Detection: EfficientViT-Det = an EfficientViT backbone (P2, P3, P4 = stage2..4, strides 8,
+# 16, 32), YOLOX's PAFPN neck and decoupled head (docs/det.md). Detectors on the released
+# backbones (ours; no published weights) follow YOLOX's own sizing rule, neck widths = the
+# backbone's and head width = the finest neck width: B1 has YOLOX-Nano's widths (with full
+# 3x3 convs), B2 YOLOX-Tiny's, B3 and L1 YOLOX-S's.
+# (variant, neck depth, evaluation resolution)
+_DET = [("b1", 1, 416), ("b2", 1, 416), ("b3", 1, 640), ("l1", 1, 640)]
+# The paper's EfficientViT-Det (v1 paper Table 1) on the v1 EfficientViT-Base: neck and head
+# widths are not given; ours meet the paper's MACs at all three resolutions (YOLOX-Nano's
+# neck widths 64 / 128 / 256 with full 3x3 convs, head width 56). No neck and head reaches
+# its 10.6 M parameters within those MACs (docs/det.md).
+DET_BASE_HEAD = DetConfig((48, 96, 192), (64, 128, 256), 1, 56)
+# (resolution, AP, AP50, AP75, MACs) of COCO val2017, 10.6 M parameters
+_DET_BASE = [(416, 38.1, 55.6, 40.3, 2.1e9), (512, 40.7, 58.6, 43.6, 3.2e9),
+             (608, 42.6, 60.5, 45.3, 4.4e9)]
+
+
+def _add_det(table: dict[str, ModelSpec]) -> None:
+    for v, depth, res in _DET:
+        bb = BACKBONES[v]
+        widths = tuple(bb.width_list[2:5])
+        name = f"efficientvit-det-{v}"
+        table[name] = ModelSpec(name, "det", v, DetConfig(widths, widths, depth, widths[0]),
+                                NORM_EPS[bb.family], key_style="yolox", resolution=(res, res),
+                                dataset="coco", eval_mode="letterbox")
+    for res, ap, ap50, ap75, macs in _DET_BASE:
+        name = f"efficientvit-det-base-r{res}"
+        table[name] = ModelSpec(name, "det", "base", DET_BASE_HEAD, 1e-5, key_style="yolox",
+                                resolution=(res, res), dataset="coco", eval_mode="letterbox",
+                                paper={"ap": ap, "ap50": ap50, "ap75": ap75, "params": 10.6e6,
+                                       "macs": macs})
+
+
 MODELS: dict[str, ModelSpec] = _build_table()
 # What create_model's keyword options may set. Each part declares the ones it takes, with
 # its own default; an option goes to every part of the model that declares it.
-OPTIONS = ("norm_eps", "attn_eps", "drop_path", "drop_path_skip", "zero_init_last", "dtype")
+OPTIONS = ("norm_eps", "attn_eps", "drop_path", "drop_path_skip", "zero_init_last", "dtype",
+           "attention", "ffn", "multi_scale", "global_attention")
+# The architecture ablations among them, and the models they apply to (for the refusal).
+ABLATIONS = {
+    "attention": "the v1 EfficientViT-Base models (efficientvit-base-*): 'linear' | 'softmax'",
+    "ffn": "the v1 EfficientViT-Base models (efficientvit-base-*): 'dwconv' | 'vanilla'",
+    "multi_scale": "the models with multi-scale linear attention (efficientvit-b*/-l*, their "
+                   "seg and SAM models)",
+    "global_attention": "the models with multi-scale linear attention (efficientvit-b*/-l*, "
+                        "their seg and SAM models)",
+}
+
+
+class OptionError(UserError, TypeError):
+    """A `create_model` option the model does not take: a `UserError` (one line from the
+    commands: configs and command lines pass options through) and a `TypeError`, what an
+    unexpected keyword argument raises."""
 
 
 def list_models(pattern: str | None = None) -> list[str]:
@@ -223,7 +315,7 @@ def _canonical(name: str) -> str:
     if base not in MODELS:
         close = difflib.get_close_matches(name, list(MODELS), n=4, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown model {name!r}{hint} (evit_jax.list_models() lists all)")
+        raise UserError(f"unknown model {name!r}{hint} (evit_jax.list_models() lists all)")
     return base
 
 
@@ -273,17 +365,50 @@ def init_variables(model: nn.Module, rng: Any = 0) -> dict[str, Any]:
     return unflatten_dict(out)
 
 
+def random_variables(model: Any, seed: int = 0, inputs: tuple | None = None) -> Any:
+    """Variables of `model` filled with numpy random values of sane scale, for benchmarks and
+    export checks (speed and exactness do not depend on the values); this skips compiling the
+    model's `init` (a minute for some).
+
+    Kernels ~ N(0, 1/fan_in), norm scales and variances ~ U(0.5, 1.5), biases and means
+    small, so activations stay O(1) (no overflow, no denormals). `inputs`: example inputs
+    for `model.init` when it is not a zoo model.
+    """
+    shapes = abstract_variables(model) if inputs is None else \
+        jax.eval_shape(model.init, jax.random.key(0), *inputs)
+    rng = np.random.default_rng(seed)
+
+    def fill(path: tuple, leaf: Any) -> np.ndarray:
+        key = str(getattr(path[-1], "key", path[-1]))
+        shape, dtype = leaf.shape, leaf.dtype
+        if len(shape) >= 2:
+            fan_in = int(np.prod(shape[:-1])) or 1
+            value = rng.normal(0.0, fan_in ** -0.5, shape)
+        elif key in ("scale", "var"):
+            value = rng.uniform(0.5, 1.5, shape)
+        else:
+            value = rng.normal(0.0, 0.05, shape)
+        return np.asarray(value, dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
 def _build(spec: ModelSpec, part: Any) -> nn.Module:
     """The module of `spec`, assembled from its parts; `part(module)` gives each part its
     options (the task models own no options themselves)."""
     if spec.task == "sr":
         return part(EfficientViTSR(SR_BODIES[spec.backbone], spec.head))
     bb = BACKBONES[spec.backbone]
-    backbone = part(EfficientViTBackbone(bb))
+    backbone = part(V1Backbone(bb) if isinstance(bb, V1Config) else EfficientViTBackbone(bb))
     if spec.task == "cls":
         return EfficientViTCls(backbone, part(ClsHead(spec.head, bb.act)))
     if spec.task == "seg":
-        return EfficientViTSeg(backbone, part(seg_head(spec.head, bb.act)))
+        head = FastSegHead(spec.head, bb.act) if isinstance(spec.head, FastSegHeadConfig) \
+            else seg_head(spec.head, bb.act)
+        return EfficientViTSeg(backbone, part(head))
+    if spec.task == "det":
+        neck, head = det_parts(spec.head)
+        return EfficientViTDet(backbone, part(neck), part(head), spec.head.in_features)
     sam, dec = spec.head, spec.head.decoder
     encoder = part(SamImageEncoder(backbone, part(sam_neck(sam, bb.act))))
     prompts = part(PromptEncoder(dec.embed_dim, dec.grid, dec.prompt_size, dec.mask_in_chans))
@@ -302,7 +427,10 @@ def create_model(name: str, dtype: Any = jnp.float32, fused_bn: bool = False,
         module that `evit_jax.fuse_bn(variables, name)` output fits.
       **overrides: `OPTIONS` of the parts, e.g. `drop_path=0.1`, `zero_init_last=True`
         (the backbone's), `norm_eps` (every part with a norm), or `num_classes=10` (a new
-        classifier for fine-tuning).
+        classifier for fine-tuning); the papers' ablations (`ABLATIONS`):
+        `attention="softmax"`, `ffn="vanilla"` (v1 models), `multi_scale=False`,
+        `global_attention=False` (models with LiteMLA). An option the model does not take
+        raises `OptionError` (a `UserError`) naming what it applies to.
     Returns:
       A `flax.linen.Module`; `model.apply(variables, x)` runs inference on `[N, H, W, 3]`.
     """
@@ -333,8 +461,9 @@ def model_from_spec(spec: ModelSpec, dtype: Any = jnp.float32, fused_bn: bool = 
     unknown = sorted(set(overrides) - declared)
     if unknown:
         allowed = sorted(declared | ({"num_classes"} & head_fields))
-        raise TypeError(f"create_model({name!r}) got unknown options {unknown}; "
-                        f"allowed: {allowed}")
+        scope = "; ".join(f"{k} applies to {ABLATIONS[k]}" for k in unknown if k in ABLATIONS)
+        raise OptionError(f"create_model({name!r}) got unknown options {unknown}"
+                          + (f" ({scope})" if scope else "") + f"; allowed: {allowed}")
     return with_folded_bn(model) if fused_bn else model  # fused_bn: evit_jax.nn.conv
 
 
@@ -343,8 +472,8 @@ def sam_spec(model: str, encoder_size: int = 0, grid: int = 0) -> ModelSpec:
     (0 = the model's own; training runs at reduced sizes), or the entry itself."""
     spec = model_info(model)
     if spec.task != "sam":
-        raise ValueError(f"the SAM tasks need an EfficientViT-SAM model "
-                         f"(efficientvit-sam-l0 ...), got {model!r}")
+        raise UserError(f"the SAM tasks need an EfficientViT-SAM model "
+                        f"(efficientvit-sam-l0 ...), got {model!r}")
     head = spec.head
     size, g = encoder_size or head.encoder_size, grid or head.decoder.grid
     if (size, g) == (head.encoder_size, head.decoder.grid):

@@ -191,3 +191,147 @@ def test_evit_bench(capsys):
                     "--batch and --iters must be at least 1")
     assert bench_main(["--resolution", "big"]) == 2
     assert "resolution must look like 224 or 512x1024" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ the runner
+def _runner(fail):
+    """`run` over a parser with no flags and a main that calls `fail()`."""
+    import argparse
+
+    from evit_jax.cli import run
+    return run("evit-x", argparse.ArgumentParser(prog="evit-x"), lambda args: fail(), [])
+
+
+def test_runner_reports_user_errors_as_one_line(tmp_path, capsys, monkeypatch):
+    from evit_jax.errors import UserError, UserFileNotFoundError, UserPathError, user_path
+
+    def user():
+        raise UserError("bad value\n  on two lines: fix it")
+    _one_line_error(capsys, _runner(user), "evit-x", "bad value on two lines: fix it")
+
+    def missing():
+        with user_path(tmp_path / "in.png"):
+            open(tmp_path / "in.png", "rb")
+    _one_line_error(capsys, _runner(missing), "evit-x",
+                    f"cannot read {tmp_path / 'in.png'}: No such file or directory")
+    with pytest.raises(FileNotFoundError) as e:  # library callers still catch the OS kind
+        missing()
+    assert isinstance(e.value, UserFileNotFoundError) and isinstance(e.value, UserPathError)
+    assert isinstance(e.value, ValueError) and e.value.__cause__.errno == 2
+
+    def interrupted():
+        raise KeyboardInterrupt
+    assert _runner(interrupted) == 130
+    assert capsys.readouterr().err == "evit-x: interrupted\n"
+
+    monkeypatch.setenv("EVIT_TRACEBACK", "1")  # user errors with their traceback, on request
+    with pytest.raises(UserError, match="bad value"):
+        _runner(user)
+
+
+@pytest.mark.parametrize("bug", [ValueError("shape (3,) vs (4,)"), KeyError("params"),
+                                 TypeError("unsupported operand"),
+                                 OSError(5, "Input/output error")])
+def test_runner_keeps_the_traceback_of_a_bug(bug, capsys):
+    """Only the project's UserError becomes one line: a ValueError, KeyError, TypeError or
+    OSError that escapes a command is a bug (or a failure outside the user's input) and keeps
+    its traceback."""
+    def fail():
+        raise bug
+    with pytest.raises(type(bug)) as e:
+        _runner(fail)
+    assert e.value is bug and capsys.readouterr().err == ""
+
+
+def test_a_bug_in_a_command_keeps_its_traceback(weights, tmp_path):
+    """The installed command: exit status 1 with Python's traceback, not `prog: error:`."""
+    import subprocess
+    import sys
+    b0, _ = weights
+    code = ("import sys, evit_jax.convert.cli as c\n"
+            "def bug(*a, **k): raise ValueError('an internal shape bug')\n"
+            "c.convert_state_dict = bug\n"
+            "sys.exit(c.main(sys.argv[1:]))\n")
+    r = subprocess.run([sys.executable, "-c", code, "--model", "efficientvit-b0", "--src",
+                        str(b0 / "variables.safetensors"), "--dst", str(tmp_path / "d")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, r.stderr
+    assert "Traceback (most recent call last)" in r.stderr, r.stderr
+    assert r.stderr.rstrip().endswith("ValueError: an internal shape bug"), r.stderr
+    assert "evit-convert: error" not in r.stderr and not (tmp_path / "d").exists()
+
+
+def test_errors_module_is_stdlib_only():
+    """Every layer (nn, models, the zoo) imports evit_jax.errors: it may import nothing
+    but the standard library."""
+    import ast
+    import sys
+
+    tree = ast.parse((ROOT / "evit_jax" / "errors.py").read_text())
+    names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert {n.split(".")[0] for n in names} <= set(sys.stdlib_module_names), names
+
+
+def test_paths_and_values_across_commands(weights, tmp_path, capsys):
+    """One case per kind of user input not covered above: a missing image, an output that
+    cannot be written, a corrupt variables file, an unknown part, a resolution the model
+    cannot take."""
+    b0, _ = weights
+    img = tmp_path / "in.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(img)
+    seg = ["--model", "efficientvit-sam-l0", "--weights", str(b0), "--point", "2,2"]
+    _one_line_error(capsys, segment_main([*seg, "--image", str(tmp_path / "none.png"),
+                                          "--out", str(tmp_path / "o.png")]),
+                    "evit-segment", "none.png: no such image file")
+    from evit_jax.sr.cli import main as sr_main
+    _one_line_error(capsys, sr_main(["--model", "efficientvit-sr-x2", "--weights", str(b0),
+                                     "--image", str(tmp_path), "--out",
+                                     str(tmp_path / "o.png")]),
+                    "evit-sr", f"cannot read {tmp_path}: Is a directory")
+    (tmp_path / "file").write_text("")
+    _one_line_error(capsys, bench_main(["--model", "efficientvit-b0", "--iters", "1",
+                                        "--warmup", "0", "--resolution", "32",
+                                        "--no-progress", "--json",
+                                        str(tmp_path / "file" / "rows.json")]),
+                    "evit-bench", f"cannot write {tmp_path / 'file' / 'rows.json'}")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text("{not json")
+    out = ["--out", str(tmp_path / "m.jaxexport")]
+    _one_line_error(capsys, export_main(["--model", "efficientvit-b0", "--weights", str(bad),
+                                         *out]), "evit-export", "config.json: corrupt",
+                    "convert the checkpoint again")
+    _one_line_error(capsys, export_main(["--model", "efficientvit-b0", "--weights", str(b0),
+                                         "--part", "decoder", *out]), "evit-export",
+                    "has parts ('model',), not 'decoder'")
+    _one_line_error(capsys, export_main(["--model", "efficientvit-b0", "--weights", str(b0),
+                                         "--resolution", "100", *out]), "evit-export",
+                    "must be a multiple of 32")
+    assert not (tmp_path / "m.jaxexport").exists()
+
+
+def test_a_missing_training_package_is_one_line_naming_the_extra(capsys, monkeypatch):
+    """A package of the [train] extra that is not installed: `require` and the runner name
+    `pip install 'evit-jax[train]'`; any other missing module keeps its traceback."""
+    import sys
+
+    from evit_jax.errors import MissingDependencyError, UserError, require
+
+    monkeypatch.setitem(sys.modules, "grain", None)  # `import grain` fails as if absent
+    with pytest.raises(MissingDependencyError) as e:
+        require("grain")
+    assert isinstance(e.value, ImportError) and isinstance(e.value, UserError)
+    assert str(e.value) == ("grain is not installed; it comes with evit-jax's [train] extra: "
+                            "pip install 'evit-jax[train]'")
+    assert require("orbax.checkpoint").__name__ == "orbax.checkpoint"
+
+    def lazy_import():
+        import grain  # noqa: F401
+    _one_line_error(capsys, _runner(lazy_import), "evit-x", "grain is not installed",
+                    "pip install 'evit-jax[train]'")
+
+    def typo():
+        import evit_jax.no_such_module  # noqa: F401
+    with pytest.raises(ModuleNotFoundError):
+        _runner(typo)

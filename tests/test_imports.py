@@ -15,10 +15,11 @@ from tests.helpers import ROOT
 MAPPED = {"train": "evit_jax.train", "configs": "evit_jax.configs"}
 TOP = ("evit_jax.train", "evit_jax.configs")  # the trainer and its recipes: the top layer
 # What a layer may import besides itself (prefixes); the rest of the library sits above zoo.
+# `evit_jax.errors` (stdlib only: UserError and its kinds) sits below every layer.
 LAYERS = {
-    "evit_jax.nn": ("evit_jax.native",),
-    "evit_jax.models": ("evit_jax.nn",),
-    "evit_jax.zoo": ("evit_jax.models", "evit_jax.nn"),
+    "evit_jax.nn": ("evit_jax.native", "evit_jax.errors"),
+    "evit_jax.models": ("evit_jax.nn", "evit_jax.errors"),
+    "evit_jax.zoo": ("evit_jax.models", "evit_jax.nn", "evit_jax.errors"),
 }
 # Known exceptions, each with what would remove it (docs/architecture.md, "What remains").
 # evit-sam-eval reads the embedded dataset through the trainer's tfds builder; the fix is to

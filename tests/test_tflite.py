@@ -123,7 +123,7 @@ def _architectures() -> list[str]:
     first: dict[tuple, str] = {}
     for n in evit_jax.list_models():
         s = evit_jax.model_info(n)
-        if s.task != "sam":
+        if s.task not in ("sam", "det"):  # TFLite export covers cls / seg / SR
             first.setdefault((s.task, s.backbone, repr(s.head), s.norm_eps, s.attn_eps), s.name)
     return sorted(first.values())
 

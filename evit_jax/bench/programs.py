@@ -19,7 +19,7 @@ import numpy as np
 from evit_jax.fuse import fuse_bn
 from evit_jax.nn.conv import with_folded_bn
 from evit_jax.parts import DTYPES, compute_dtype, inference_part, parts_of
-from evit_jax.zoo import abstract_variables, create_model, model_info
+from evit_jax.zoo import create_model, model_info, random_variables
 
 __all__ = ["DTYPES", "Program", "default_resolution", "make_program", "parts_of",
            "random_variables"]
@@ -52,33 +52,6 @@ class Program:
 def default_resolution(name: str) -> tuple[int, int]:
     """The zoo entry's evaluation resolution (SAM: its encoder size)."""
     return tuple(model_info(name).resolution)
-
-
-def random_variables(model: Any, seed: int = 0, inputs: tuple | None = None) -> Any:
-    """Variables of `model` filled with numpy random values of sane scale: speed does not
-    depend on the values, and this skips compiling the model's `init` (a minute for some).
-
-    Kernels ~ N(0, 1/fan_in), norm scales and variances ~ U(0.5, 1.5), biases and means
-    small, so activations stay O(1) (no overflow, no denormals). `inputs`: example inputs
-    for `model.init` when it is not a zoo model.
-    """
-    shapes = abstract_variables(model) if inputs is None else \
-        jax.eval_shape(model.init, jax.random.key(0), *inputs)
-    rng = np.random.default_rng(seed)
-
-    def fill(path: tuple, leaf: Any) -> np.ndarray:
-        key = str(getattr(path[-1], "key", path[-1]))
-        shape, dtype = leaf.shape, leaf.dtype
-        if len(shape) >= 2:
-            fan_in = int(np.prod(shape[:-1])) or 1
-            value = rng.normal(0.0, fan_in ** -0.5, shape)
-        elif key in ("scale", "var"):
-            value = rng.uniform(0.5, 1.5, shape)
-        else:
-            value = rng.normal(0.0, 0.05, shape)
-        return np.asarray(value, dtype)
-
-    return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 def _example(role: str, shape: jax.ShapeDtypeStruct, prompt_size: int,

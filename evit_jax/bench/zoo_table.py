@@ -1,12 +1,15 @@
 """The README's model-zoo table, generated: `python -m evit_jax.bench.zoo_table [--no-xla]`.
 
-One row per released checkpoint (classification, segmentation, SAM), at the checkpoint's
-evaluation resolution (SAM: its image encoder at the encoder's input size):
+One row per released checkpoint (classification, segmentation, SAM), per model the papers
+publish figures of without weights (the v1 EfficientViT-Base and EfficientViT-Det) and per
+detector, at the entry's evaluation resolution (SAM: its image encoder at the encoder's
+input size):
 
 - params: exact count of the `params` collection (SAM: encoder, prompt encoder and decoder);
 - GMACs: the analytic count (`evit_jax.bench.count_macs`: convolutions and matmuls, as the
   papers count them);
-- paper GMACs: what the papers print (spec section 9; 2 significant digits), where they do;
+- paper GMACs: what the papers print (spec section 9; 2 significant digits), where they do
+  (`PAPER_GMACS`, or the zoo entry's `paper["macs"]`);
 - XLA GFLOPs / 2: XLA:CPU's `cost_analysis()` of the compiled program halved. It also counts
   elementwise work (norms, activations, the attention's division) and the resizes, and sees
   the program after XLA's rewrites, so it is not the papers' count: measured from 0.8 %
@@ -47,16 +50,19 @@ PAPER_GMACS: dict[str, float] = {
     "efficientvit-sam-l0": 35, "efficientvit-sam-l1": 49, "efficientvit-sam-l2": 69,
     "efficientvit-sam-xl0": 185, "efficientvit-sam-xl1": 322,
 }
-_TASK_ORDER = {"cls": 0, "seg": 1, "sam": 2}
+_TASK_ORDER = {"cls": 0, "seg": 1, "sam": 2, "det": 3}
 HEADER = ("| model | resolution | params | GMACs | paper GMACs | XLA GFLOPs / 2 "
           "| paper accuracy |\n|---|---|---|---|---|---|---|")
 
 
 def checkpoint_names() -> list[str]:
-    """Zoo names with an official checkpoint, classification, then segmentation, then SAM."""
-    names = [n for n in list_models() if model_info(n).checkpoint
-             and model_info(n).key_style == "official"]
-    return sorted(names, key=lambda n: (_TASK_ORDER[model_info(n).task], n))
+    """Zoo names with an official checkpoint or published figures (the v1 models have no
+    weights), classification, then segmentation, then SAM, then the detectors (none
+    released: the paper's, and ours on the released backbones)."""
+    names = [n for n in list_models() if ((model_info(n).checkpoint or model_info(n).paper)
+             and model_info(n).key_style == "official") or model_info(n).task == "det"]
+    return sorted(names, key=lambda n: (_TASK_ORDER.get(model_info(n).task, len(_TASK_ORDER)),
+                                        n))
 
 
 def _accuracy(paper: dict | None) -> str:
@@ -64,6 +70,8 @@ def _accuracy(paper: dict | None) -> str:
         return "not reported"
     if "miou" in paper:
         return f"{paper['miou']:.1f} mIoU"
+    if "ap" in paper:  # COCO detection
+        return f"{paper['ap']:.1f} AP ({paper['ap50']:.1f} AP50)"
     if "coco_map" in paper:
         return f"{paper['coco_map']:.1f} / {paper['lvis_map']:.1f} mAP"
     top5 = paper.get("top5")
@@ -90,6 +98,8 @@ def row(name: str, xla: bool = True) -> dict[str, Any]:
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         xla_macs = float(cost["flops"]) / 2 if cost and "flops" in cost else None
     paper = PAPER_GMACS.get(name)
+    if paper is None and spec.paper and spec.paper.get("macs"):
+        paper = spec.paper["macs"] / 1e9
     return {"model": name, "resolution": tuple(prog.resolution),
             "params": count_params(variables), "macs": macs,
             "paper_macs": None if paper is None else paper * 1e9, "xla_macs": xla_macs,
@@ -119,7 +129,8 @@ def main(args: argparse.Namespace) -> int:
     if args.models:
         names = fnmatch.filter(names, args.models)
         if not names:
-            raise ValueError(f"no released checkpoint matches {args.models!r}")
+            from evit_jax.errors import UserError
+            raise UserError(f"no released checkpoint matches {args.models!r}")
     print(HEADER, flush=True)
     for name in names:  # printed as they come: the big ones take a minute each to compile
         print(format_row(row(name, xla=not args.no_xla)), flush=True)

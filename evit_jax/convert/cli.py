@@ -6,7 +6,7 @@
 
 Reads the file without torch and without running pickled code (`readers`), maps the keys
 strictly (`keymap.convert_state_dict`), optionally checks the result against PyTorch
-(`verify`), and writes DST atomically (`evit_jax.io.save_variables`): a failed run leaves no
+(`verify`), and writes DST atomically (`evit_jax.vardir.save_variables`): a failed run leaves no
 DST. User errors exit with status 1 and one line, no traceback (`evit_jax.cli`).
 """
 
@@ -23,7 +23,7 @@ from evit_jax.cli import UserError, run
 from evit_jax.convert.keymap import convert_state_dict
 from evit_jax.convert.readers import detect_format, file_sha256, load_state_dict
 from evit_jax.convert.verify import VerificationError
-from evit_jax.io import save_variables
+from evit_jax.vardir import save_variables
 from evit_jax.zoo import model_info
 
 PROG = "evit-convert"

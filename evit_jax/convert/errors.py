@@ -1,13 +1,13 @@
 """Errors raised while reading checkpoint files (wrong model: keymap.CheckpointMismatchError).
 
-All derive from `evit_jax.cli.UserError` (a `ValueError`): the CLIs print them as one line.
+All derive from `evit_jax.errors.UserError` (a `ValueError`): the CLIs print them as one line.
 """
 
 from __future__ import annotations
 
 import reprlib
 
-from evit_jax.cli import UserError
+from evit_jax.errors import UserError
 
 SUPPORTED_FORMATS = (
     "PyTorch checkpoints written by torch.save (.pt, .pth, timm's pytorch_model.bin; the zip "

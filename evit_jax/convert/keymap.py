@@ -9,14 +9,15 @@ leaf names translate as
   `running_mean` / `running_var` -> `batch_stats/.../mean` / `var`;
   `num_batches_tracked` is dropped.
 
-timm's names are first renamed to the official ones. Every target variable must be filled
+timm's names are first renamed to the official ones, and a detector's keys in Megvii's YOLOX
+layout to ours (`yolox_to_ours`). Every target variable must be filled
 and every source key used with the right shape; otherwise one error lists all problems.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -102,6 +103,21 @@ def timm_to_official(key: str, family: str) -> str:
         stage = int(m.group(1)) + (0 if family == "b" else 1)
         return f"backbone.stages.{stage}.op_list.{m.group(2)}.{m.group(3)}"
     return key  # unknown: reported as unexpected
+
+
+# ------------------------------------------------------------------------ YOLOX (Megvii) names
+def yolox_to_ours(key: str) -> str:
+    """Rename one key of a YOLOX detector in Megvii's layout to our EfficientViT-Det's:
+    `backbone.backbone.*` (the feature extractor; here an EfficientViT backbone, in the
+    authors' names) -> `backbone.*`, the PAFPN's other `backbone.*` keys -> `neck.*`,
+    `head.*` stays; YOLOX's BatchNorms `bn` are our `norm`."""
+    if key.startswith("backbone.backbone."):
+        return key[len("backbone."):]
+    if key.startswith("backbone."):
+        key = "neck." + key[len("backbone."):]
+    elif not key.startswith("head."):
+        return key  # unknown: reported as unexpected
+    return re.sub(r"\.bn\.", ".norm.", key)
 
 
 # ------------------------------------------------------------------------------ key -> path
@@ -207,13 +223,19 @@ def _check_key_style(name: str, timm_keys: bool) -> None:
         f"(the two differ in more than names: timm's LiteMLA eps is 1e-5); {fix}")
 
 
-def convert_state_dict(name: str, state_dict: Mapping[str, Any]) -> dict[str, Any]:
+def convert_state_dict(name: str, state_dict: Mapping[str, Any], model: Any = None,
+                       parts: Sequence[str] | None = None) -> dict[str, Any]:
     """Convert a PyTorch state dict of zoo model `name` to Flax variables.
 
     Args:
       name: zoo name (`evit_jax.list_models()`).
       state_dict: key -> array (numpy arrays or torch tensors), in the authors' naming
-        (optionally wrapped as `{"state_dict": ...}`) or, for `efficientvit_*` names, timm's.
+        (optionally wrapped as `{"state_dict": ...}`), for `efficientvit_*` names timm's,
+        for detectors Megvii's YOLOX layout.
+      model: the module to fill, if not `create_model(name)`: the entry changed with
+        `zoo.model_from_spec` (another head width or class count), same key naming.
+      parts: fill only these top-level submodules (e.g. `("neck", "head")` of a detector,
+        whose backbone comes from elsewhere); keys of the others are unexpected.
     Returns:
       `{"params": ..., "batch_stats": ...}` of float32 numpy arrays, ready for
       `create_model(name).apply(variables, x)`.
@@ -225,15 +247,16 @@ def convert_state_dict(name: str, state_dict: Mapping[str, Any]) -> dict[str, An
     if sd:  # an empty one is reported as missing every key
         _check_key_style(spec.name, is_timm_style(sd))
     family, timm = spec.family, spec.key_style == "timm"
-    model = create_model(name)
-    abstract = abstract_variables(model)
-    target = {k: v for k, v in flatten_dict(abstract).items()}
+    abstract = abstract_variables(create_model(name) if model is None else model)
+    target = {k: v for k, v in flatten_dict(abstract).items()
+              if parts is None or k[1] in parts}
     out: dict[tuple[str, ...], np.ndarray] = {}
     unexpected, mismatched, mismatched_paths = [], [], set()
     for key, value in sd.items():
         if key.endswith("num_batches_tracked"):
             continue
-        official = timm_to_official(key, family) if timm else key
+        official = (timm_to_official(key, family) if timm else
+                    yolox_to_ours(key) if spec.key_style == "yolox" else key)
         hit = _target_of(official, target)
         if hit is None or hit[0] not in target:
             unexpected.append(key)

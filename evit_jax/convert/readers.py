@@ -30,6 +30,7 @@ from evit_jax.convert.errors import (
 )
 from evit_jax.convert.torch_legacy import read_torch_legacy
 from evit_jax.convert.torch_pickle import PARSE_ERRORS, parsing, read_torch_zip
+from evit_jax.errors import UserFileNotFoundError, user_path
 
 SAFETENSORS_MAX_HEADER = 100_000_000  # the safetensors library refuses larger headers
 
@@ -41,15 +42,16 @@ def detect_format(path: str | os.PathLike) -> str:
     """"torch-zip", "torch-legacy" or "safetensors", from the file's first bytes.
 
     Raises:
-      FileNotFoundError: no such file.
+      UserFileNotFoundError (a FileNotFoundError): no such file; UserPathError: unreadable.
       CheckpointFormatError: an empty, unknown or non-checkpoint file (names what it looks like).
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(512)
+        raise UserFileNotFoundError(f"{path}: no such checkpoint file")
+    with user_path(path):  # no permission, an I/O error: one line naming the file
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(512)
     if size == 0:
         raise TruncatedCheckpointError(path, "the file is empty")
     if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
@@ -91,18 +93,19 @@ def load_checkpoint(path: str | os.PathLike) -> Any:
     """
     path = Path(path)
     fmt = detect_format(path)
-    if fmt == "safetensors":
-        return _load_safetensors(path)
-    if fmt == "torch-legacy":
-        with open(path, "rb") as f:
-            return read_torch_legacy(path, f)
-    try:
-        with parsing(path):  # a hostile central directory fails in many ways
-            zf = zipfile.ZipFile(path)
-    except TruncatedCheckpointError:  # a zip that ends early loses its central directory
-        raise TruncatedCheckpointError(path, "broken zip archive") from None
-    with zf:
-        return read_torch_zip(path, zf, path.stat().st_size)
+    with user_path(path):  # the file fails to read midway (I/O error): one line naming it
+        if fmt == "safetensors":
+            return _load_safetensors(path)
+        if fmt == "torch-legacy":
+            with open(path, "rb") as f:
+                return read_torch_legacy(path, f)
+        try:
+            with parsing(path):  # a hostile central directory fails in many ways
+                zf = zipfile.ZipFile(path)
+        except TruncatedCheckpointError:  # a zip that ends early loses its central directory
+            raise TruncatedCheckpointError(path, "broken zip archive") from None
+        with zf:
+            return read_torch_zip(path, zf, path.stat().st_size)
 
 
 def _load_safetensors(path: Path) -> dict[str, np.ndarray]:

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from evit_jax.cli import UserError
 from evit_jax.convert.readers import detect_format, select_state_dict
+from evit_jax.errors import UserError
 from evit_jax.zoo import model_info
 
 MODEL_TOLERANCE = 1e-4  # rel-L2; a correct float32 port lands near 1e-6

@@ -9,6 +9,9 @@ JAX graph inside is NHWC and ONNX Runtime's layout optimiser removes the transpo
 
 - classification: `input` `[N, 3, H, W]` (normalised) -> `logits` `[N, classes]`.
 - segmentation: `input` `[N, 3, H, W]` -> `logits` `[N, classes, H/8, W/8]`.
+- detection: `input` `[N, 3, H, W]` (`evit_jax.det.preprocess`, normalised) -> `boxes`
+  `[N, A, 4]` xyxy input pixels, `scores` `[N, A, classes]` for all A prediction points;
+  NMS runs outside the graph (`evit_jax.det.batched_nms`, docs/det.md).
 - SAM encoder: `input_image` `[N, 3, S, S]` (`evit_jax.sam.transforms.preprocess`, then
   NCHW) -> `image_embeddings` `[N, 256, 64, 64]`.
 - SAM decoder: `image_embeddings` `[1, 256, 64, 64]`, `point_coords` `[B, P, 2]` (XY in the
@@ -118,6 +121,11 @@ def onnx_program(name: str, variables: Any, resolution: tuple[int, int] | None =
         if image_size is not None:
             raise UserError("an original image size is for the SAM decoder only")
         h, w = resolution or spec.resolution
+        if spec.task == "det":  # decoded, every point; NMS outside (evit_jax.det)
+            from evit_jax.parts import inference_part
+            run = inference_part(name).run
+            return OnnxProgram(lambda x: run(model, variables, _nhwc(x)), ((n, 3, h, w),),
+                               (f32,), ("input",), ("boxes", "scores"))
 
         def fn(x):
             y = model.apply(variables, _nhwc(x)).astype(jnp.float32)

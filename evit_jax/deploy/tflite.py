@@ -92,9 +92,11 @@ def check_model(name: str) -> Any:
     """The zoo spec of `name` if TFLite export covers its task; a one-line error else."""
     spec = model_info(name)
     if spec.task not in TASKS:
-        raise UserError(f"{name} is a SAM model; --format tflite covers classification, "
-                        "segmentation and SR models. Export SAM with --format onnx "
-                        "(--part encoder / decoder) or --format stablehlo")
+        what, part = {"sam": ("a SAM model", " (--part encoder / decoder)"),
+                      "det": ("a detector", "")}.get(spec.task, (spec.task, ""))
+        raise UserError(f"{name} is {what}; --format tflite covers classification, "
+                        f"segmentation and SR models. Export it with --format onnx{part} "
+                        "or --format stablehlo")
     return spec
 
 
@@ -315,8 +317,8 @@ def compare_latency(name: str, variables: Any, resolution: tuple[int, int] | Non
 def _bench_main(argv: list[str]) -> None:
     """`python -m evit_jax.deploy.tflite NAME [HxW]`: `compare_latency` with random
     weights (speed does not depend on their values), printed with the load average."""
-    from evit_jax.bench.programs import random_variables
     from evit_jax.cli import parse_resolution
+    from evit_jax.zoo import random_variables
     name = argv[0]
     res = parse_resolution(argv[1]) if len(argv) > 1 else None
     variables = random_variables(create_model(name), seed=0)

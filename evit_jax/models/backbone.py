@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from evit_jax.errors import UserError
 from evit_jax.nn import (
     DSConv,
     EfficientViTBlock,
@@ -112,6 +113,8 @@ class EfficientViTBackbone(nn.Module):
       drop_path, drop_path_skip: stochastic depth (training).
       zero_init_last: start the last BN of each residual branch at 0 (training from scratch).
       dtype: compute dtype (params stay float32; attention runs in float32).
+      multi_scale, global_attention: False removes LiteMLA's multi-scale aggregation / its
+        global attention (seed 000 Table 3's ablations; `nn.attention.LiteMLA`).
     """
 
     cfg: BackboneConfig
@@ -121,6 +124,15 @@ class EfficientViTBackbone(nn.Module):
     drop_path_skip: int = 0
     zero_init_last: bool = False
     dtype: Any = jnp.float32
+    multi_scale: bool = True
+    global_attention: bool = True
+
+    def __post_init__(self):
+        for option in ("multi_scale", "global_attention"):
+            if not isinstance(getattr(self, option), bool):
+                raise UserError(f"{option} must be True or False, got "
+                                f"{getattr(self, option)!r}")
+        super().__post_init__()
 
     def setup(self):
         cfg, eps, dt = self.cfg, self.norm_eps, self.dtype
@@ -133,8 +145,9 @@ class EfficientViTBackbone(nn.Module):
                                 zl and stride == 1, dt)
 
         def evit(expand, scales):
-            return EfficientViTBlock(cfg.dim, expand, scales, self.attn_eps, cfg.act, "bn2d",
-                                     eps, (dp.next(), dp.next()), zl, dt)
+            return EfficientViTBlock(cfg.dim, expand, scales if self.multi_scale else (),
+                                     self.attn_eps, cfg.act, "bn2d", eps,
+                                     (dp.next(), dp.next()), zl, dt, self.global_attention)
 
         stem_conv = ConvLayer(cfg.width_list[0], 3, 2, act=cfg.act, norm_eps=eps, dtype=dt)
         stages = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
+from evit_jax.errors import UserError
 from evit_jax.models.backbone import EfficientViTBackbone
 
 Array = jax.Array
@@ -15,11 +16,11 @@ def check_image_batch(x: Array, multiple: int = 32) -> None:
     if x.ndim != 4 or x.shape[-1] != 3:
         hint = " (it looks NCHW: transpose to NHWC with x.transpose(0, 2, 3, 1))" \
             if x.ndim == 4 and x.shape[1] == 3 else ""
-        raise ValueError(f"expected images [N, H, W, 3] (NHWC), got shape {x.shape}{hint}")
+        raise UserError(f"expected images [N, H, W, 3] (NHWC), got shape {x.shape}{hint}")
     h, w = x.shape[1:3]
     if h % multiple or w % multiple:
-        raise ValueError(f"image size {h}x{w} must be a multiple of {multiple}: resize or pad "
-                         f"to e.g. {-(-h // multiple) * multiple}x{-(-w // multiple) * multiple}")
+        raise UserError(f"image size {h}x{w} must be a multiple of {multiple}: resize or pad "
+                        f"to e.g. {-(-h // multiple) * multiple}x{-(-w // multiple) * multiple}")
 
 
 class BackboneHeadModel(nn.Module):

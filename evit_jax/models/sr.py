@@ -27,6 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from evit_jax.errors import UserError
 from evit_jax.nn.attention import EfficientViTBlock
 from evit_jax.nn.conv import ConvLayer
 from evit_jax.nn.resize import resize
@@ -102,8 +103,8 @@ class EfficientViTSR(nn.Module):
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         if x.ndim != 4 or x.shape[-1] != 3:
-            raise ValueError(f"expected LR images [N, h, w, 3] (NHWC) in [0, 1], got shape "
-                             f"{x.shape}")
+            raise UserError(f"expected LR images [N, h, w, 3] (NHWC) in [0, 1], got shape "
+                            f"{x.shape}")
         cfg, s = self.backbone_cfg, self.head_cfg.scale
         n, h, w, _ = x.shape
         x = x.astype(jnp.float32)

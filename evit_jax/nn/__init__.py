@@ -1,7 +1,12 @@
 """Layers of EfficientViT in Flax linen, NHWC."""
 
 from evit_jax.nn.act import get_act
-from evit_jax.nn.attention import EfficientViTBlock, LiteMLA, relu_linear_attention
+from evit_jax.nn.attention import (
+    EfficientViTBlock,
+    LiteMLA,
+    relu_linear_attention,
+    softmax_attention,
+)
 from evit_jax.nn.blocks import (
                                 DSConv,
                                 FusedMBConv,
@@ -20,5 +25,5 @@ __all__ = [
     "BatchNorm2d", "Conv2d", "ConvLayer", "DSConv", "EfficientViTBlock", "FusedMBConv",
     "LayerNorm", "LinearLayer", "LiteMLA", "MBConv", "OpSequential", "ResBlock",
     "ResidualBlock", "UpSample", "depthwise_conv2d", "fewer_norm_args", "get_act",
-    "make_norm", "relu_linear_attention", "resize", "set_depthwise_impl",
+    "make_norm", "relu_linear_attention", "resize", "set_depthwise_impl", "softmax_attention",
 ]

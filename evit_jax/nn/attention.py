@@ -43,6 +43,27 @@ def relu_linear_attention(qkv: Array, dim: int, eps: float) -> Array:
     return out.reshape(b, h, w, heads * dim)
 
 
+def softmax_attention(qkv: Array, dim: int) -> Array:
+    """Multi-head softmax attention over the tokens of a q/k/v map, in float32.
+
+    Args:
+      qkv: `[B, H, W, n * 3 * dim]` in `relu_linear_attention`'s layout (n blocks of
+        `[q | k | v]`, one per head).
+      dim: per-head dimension d (logits scaled by 1 / sqrt(d)).
+    Returns:
+      `[B, H, W, n * dim]`: for token i, `sum_j softmax_j(q_i . k_j / sqrt(d)) v_j`.
+      Quadratic in the tokens: an `[n, N, N]` map per image (the v1 paper's ablation).
+    """
+    b, h, w, c = qkv.shape
+    heads = c // (3 * dim)
+    t = qkv.astype(jnp.float32).reshape(b, h * w, heads, 3, dim)
+    q, k, v = t[:, :, :, 0], t[:, :, :, 1], t[:, :, :, 2]
+    hi = jax.lax.Precision.HIGHEST
+    logits = jnp.einsum("bnhd,bmhd->bhnm", q * dim ** -0.5, k, precision=hi)
+    out = jnp.einsum("bhnm,bmhd->bnhd", jax.nn.softmax(logits, axis=-1), v, precision=hi)
+    return out.reshape(b, h, w, heads * dim)
+
+
 def _channel_major_attention(qkv: Array, dim: int, eps: float) -> Array:
     """`relu_linear_attention` on `[B, heads, 3d, N]`, the form exporters get (`export_forms`).
 
@@ -79,8 +100,12 @@ class LiteMLA(nn.Module):
     Attributes:
       features: output channels.
       dim: per-head dimension d (heads = C // d).
-      scales: aggregation kernel sizes ((5,) for B/L, (3,) for XL).
+      scales: aggregation kernel sizes ((5,) for B/L, (3,) for XL); `()`: no multi-scale
+        aggregation (seed 000 Table 3's ablation).
       eps: attention eps (1e-15 official, 1e-5 timm).
+      global_attention: False replaces the attention by each token's own values (`qkv`
+        then makes only v: T channels), keeping the local multi-scale path: seed 000 Table
+        3's "no global attention" ablation.
     """
 
     features: int | None  # None: as many as the input
@@ -91,19 +116,26 @@ class LiteMLA(nn.Module):
     norm_eps: float = 1e-5
     zero_init_last: bool = False
     dtype: Any = jnp.float32
+    global_attention: bool = True
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         heads = x.shape[-1] // self.dim
         total = heads * self.dim
-        qkv = ConvLayer(3 * total, 1, use_bias=False, norm=None, act=None, dtype=self.dtype,
+        parts = 3 if self.global_attention else 1  # q, k, v per head, or v alone
+        qkv = ConvLayer(parts * total, 1, use_bias=False, norm=None, act=None, dtype=self.dtype,
                         name="qkv")(x, train)
         branches = [qkv]
         for i, k in enumerate(self.scales):
-            a = Conv2d(3 * total, k, groups=3 * total, dtype=self.dtype, name=f"aggreg_{i}_0")(qkv)
-            a = Conv2d(3 * total, 1, groups=3 * heads, dtype=self.dtype, name=f"aggreg_{i}_1")(a)
+            c = parts * total
+            a = Conv2d(c, k, groups=c, dtype=self.dtype, name=f"aggreg_{i}_0")(qkv)
+            a = Conv2d(c, 1, groups=parts * heads, dtype=self.dtype, name=f"aggreg_{i}_1")(a)
             branches.append(a)
-        out = relu_linear_attention(jnp.concatenate(branches, -1), self.dim, self.eps)
+        mixed = jnp.concatenate(branches, -1) if len(branches) > 1 else qkv
+        if self.global_attention:
+            out = relu_linear_attention(mixed, self.dim, self.eps)
+        else:
+            out = mixed
         return ConvLayer(self.features or x.shape[-1], 1, norm=self.norm, act=None,
                          norm_eps=self.norm_eps,
                          zero_init_norm=self.zero_init_last, dtype=self.dtype,
@@ -127,13 +159,15 @@ class EfficientViTBlock(nn.Module):
     drop_path: tuple[float, float] = (0.0, 0.0)
     zero_init_last: bool = False
     dtype: Any = jnp.float32
+    global_attention: bool = True
 
     def setup(self):
         # Built in setup (not compact) so that the branches are adopted by the residual
         # wrappers and land under `context_module/main`, `local_module/main`.
         self.context_module = ResidualBlock(
             LiteMLA(None, self.dim, self.scales, self.attn_eps, self.norm, self.norm_eps,
-                    self.zero_init_last, self.dtype), True, self.drop_path[0])
+                    self.zero_init_last, self.dtype, self.global_attention), True,
+            self.drop_path[0])
         self.local_module = ResidualBlock(
             MBConv(None, 3, 1, self.expand_ratio, use_bias=(True, True, False),
                    norm=(None, None, self.norm), act=(self.act, self.act, None),

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from evit_jax.errors import UserError
 from evit_jax.nn.act import get_act
 from evit_jax.nn.depthwise import (
     ConvAffine,
@@ -200,9 +201,9 @@ class ConvLayer(nn.Module):
         """`[B, H, W, C_in]` -> `act(norm(conv(x)))` `[B, H', W', features]` in `dtype`."""
         folded = self.folds_bn()
         if folded and train:
-            raise ValueError("this model has BatchNorm folded into its convs (fused_bn=True, "
-                             "evit_jax.fuse_bn): inference only; train the model built "
-                             "without fused_bn")
+            raise UserError("this model has BatchNorm folded into its convs (fused_bn=True, "
+                            "evit_jax.fuse_bn): inference only; train the model built "
+                            "without fused_bn")
         self._check_variables()
         conv = Conv2d(self.features, self.kernel_size, self.stride, self.groups,
                       self.use_bias or folded, self.dtype, name="conv")
@@ -222,9 +223,9 @@ class ConvLayer(nn.Module):
     def _check_variables(self) -> None:
         if (self.norm == "bn2d" and not self.folds_bn() and not self.is_initializing()
                 and not self.has_variable("params", "norm")):
-            raise ValueError(f"no BatchNorm variables at {'/'.join(self.scope.path)}: "
-                             "variables from evit_jax.fuse_bn need the model built with "
-                             "create_model(name, fused_bn=True)")
+            raise UserError(f"no BatchNorm variables at {'/'.join(self.scope.path)}: "
+                            "variables from evit_jax.fuse_bn need the model built with "
+                            "create_model(name, fused_bn=True)")
 
     def runs_fused(self, cin: int) -> bool:
         """Whether, in inference, this layer runs as one native depthwise conv + BN + act."""

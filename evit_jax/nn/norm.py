@@ -74,17 +74,18 @@ class LayerNorm(nn.Module):
 
     Serves as `ln` on `[B, C]` and as `ln2d` on `[B, H, W, C]` (NHWC puts the channel axis
     last, so the reference's LayerNorm2d is an ordinary LayerNorm here). Params `scale`,
-    `bias` `[C]`.
+    `bias` `[C]`; `zero_init` starts `scale` at 0 ("last gamma" of a residual branch).
     """
 
     eps: float = 1e-5
     dtype: Any = jnp.float32
+    zero_init: bool = False
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         del train
         c = x.shape[-1]
-        scale = declare_param(self, "scale", ONES, (c,))
+        scale = declare_param(self, "scale", ZEROS if self.zero_init else ONES, (c,))
         bias = declare_param(self, "bias", ZEROS, (c,))
         xf = x.astype(jnp.float32)
         u = xf.mean(-1, keepdims=True)
@@ -101,5 +102,5 @@ def make_norm(kind: str | None, eps: float, dtype: Any, zero_init: bool = False,
     if kind == "bn2d":
         return BatchNorm2d(eps=eps, zero_init=zero_init, dtype=dtype, name=name)
     if kind in ("ln", "ln2d"):
-        return LayerNorm(eps=eps, dtype=dtype, name=name)
+        return LayerNorm(eps=eps, dtype=dtype, zero_init=zero_init, name=name)
     raise ValueError(f"unknown norm {kind!r}; known: bn2d, ln, ln2d")

@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from evit_jax.errors import UserError
 from evit_jax.models.sam.prompt_encoder import NOT_A_POINT, POSITIVE
 from evit_jax.sam import amg_utils as U
 from evit_jax.sam.predictor import MASK_THRESHOLD, SamPredictor, decode_low_res, upscale
@@ -63,19 +64,19 @@ class SamAutomaticMaskGenerator:
                  point_grids: list[np.ndarray] | None = None, min_mask_region_area: int = 0,
                  output_mode: str = "binary_mask"):
         if (points_per_side is None) == (point_grids is None):
-            raise ValueError("give exactly one of points_per_side and point_grids")
+            raise UserError("give exactly one of points_per_side and point_grids")
         if output_mode not in OUTPUT_MODES:
-            raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")
+            raise UserError(f"output_mode must be one of {OUTPUT_MODES}, got {output_mode!r}")
         if crop_n_layers < 0 or points_per_batch < 1:
-            raise ValueError("crop_n_layers must be >= 0 and points_per_batch >= 1")
+            raise UserError("crop_n_layers must be >= 0 and points_per_batch >= 1")
         if points_per_side is not None:
             if points_per_side < 1:
-                raise ValueError(f"points_per_side must be >= 1, got {points_per_side}")
+                raise UserError(f"points_per_side must be >= 1, got {points_per_side}")
             point_grids = U.build_all_layer_point_grids(points_per_side, crop_n_layers,
                                                         crop_n_points_downscale_factor)
         if len(point_grids) < crop_n_layers + 1:
-            raise ValueError(f"point_grids has {len(point_grids)} grids; crop_n_layers="
-                             f"{crop_n_layers} needs {crop_n_layers + 1}")
+            raise UserError(f"point_grids has {len(point_grids)} grids; crop_n_layers="
+                            f"{crop_n_layers} needs {crop_n_layers + 1}")
         self.point_grids = [np.asarray(g, np.float64).reshape(-1, 2) for g in point_grids]
         self.predictor = SamPredictor(model, variables)
         self.points_per_batch = int(points_per_batch)

@@ -512,7 +512,7 @@ class SamApp:
                                       np.asarray(labels) if points else None,
                                       None if box is None else np.asarray(box, np.float64),
                                       multimask_output=multimask)
-        except ValueError as e:  # prompts outside the image, bad labels, ...
+        except UserError as e:  # prompts outside the image, bad labels, ... (a bug: a 500)
             raise AppError(422, one_line(e)) from None
         decode_ms = 1e3 * (time.perf_counter() - t0)
         if s.current is cur:  # not if a new upload replaced the image meanwhile

@@ -43,9 +43,11 @@ def read_image(path: str | Path) -> np.ndarray:
 
     from PIL import Image, UnidentifiedImageError
 
+    from evit_jax.errors import UserFileNotFoundError, path_error
+
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"{p}: no such image file")
+        raise UserFileNotFoundError(f"{p}: no such image file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -56,7 +58,11 @@ def read_image(path: str | Path) -> np.ndarray:
                         "first") from None
     except UnidentifiedImageError:
         raise UserError(f"{p}: not an image file PIL can read (give a PNG, JPEG, ...)") from None
-    except (OSError, SyntaxError, ValueError) as e:  # PIL's decoders: truncated / corrupt data
+    except OSError as e:
+        if e.errno is not None:  # the system's refusal (permission, I/O error), not PIL's
+            raise path_error(e, p) from e
+        raise UserError(f"{p}: cannot decode the image ({e}); is the file complete?") from None
+    except (SyntaxError, ValueError) as e:  # PIL's decoders: truncated / corrupt data
         raise UserError(f"{p}: cannot decode the image ({e}); is the file complete?") from None
 
 

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from evit_jax.errors import UserError
 from evit_jax.models.sam import EfficientViTSam
 from evit_jax.sam import prompts as P
 from evit_jax.sam.transforms import (
@@ -113,7 +114,7 @@ class SamPredictor:
           image_format: "RGB" or "BGR".
         """
         if image_format not in ("RGB", "BGR"):
-            raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
+            raise UserError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
         check_image(image)
         if image_format == "BGR":
             image = image[..., ::-1]
@@ -159,7 +160,7 @@ class SamPredictor:
         """
         self._require_image()
         if point_coords is None and point_labels is not None:
-            raise ValueError("point_labels were given without point_coords")
+            raise UserError("point_labels were given without point_coords")
         if point_coords is not None:
             point_coords, point_labels = (a[None] for a in P.check_points(
                 point_coords, point_labels, self.original_size))
@@ -190,10 +191,10 @@ class SamPredictor:
         self._require_image()
         sizes = {len(a) for a in (points, boxes, mask_input) if a is not None}
         if not sizes:
-            raise ValueError("predict_batch needs points, boxes or mask_input")
+            raise UserError("predict_batch needs points, boxes or mask_input")
         if len(sizes) > 1:
-            raise ValueError(f"points, boxes and mask_input must have the same batch size, "
-                             f"got {sorted(sizes)}")
+            raise UserError(f"points, boxes and mask_input must have the same batch size, "
+                            f"got {sorted(sizes)}")
         n = sizes.pop()
         if n == 0:  # no prompts (e.g. a detector found no boxes): empty results, no decode
             c, (h, w), low = (3 if multimask_output else 1), self.original_size, \
@@ -201,7 +202,7 @@ class SamPredictor:
             return (np.zeros((0, c, h, w), np.float32 if return_logits else bool),
                     np.zeros((0, c), np.float32), np.zeros((0, c, low, low), np.float32))
         if points is None and point_labels is not None:
-            raise ValueError("point_labels were given without points")
+            raise UserError("point_labels were given without points")
         if points is not None:
             if point_labels is None:
                 point_labels = np.ones(np.shape(points)[:-1], np.int32)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from evit_jax.errors import UserError
+
 PIXEL_MEAN = np.array([123.675, 116.28, 103.53], np.float64) / 255
 PIXEL_STD = np.array([58.395, 57.12, 57.375], np.float64) / 255
 
@@ -32,21 +34,21 @@ def check_image(image: np.ndarray) -> None:
         raise TypeError(f"expected a numpy uint8 image [H, W, 3], got {type(image).__name__}; "
                         "use np.asarray(PIL.Image.open(path).convert('RGB'))")
     if image.ndim == 3 and image.shape[0] == 3 and image.shape[-1] != 3:
-        raise ValueError(f"image shape {image.shape} looks channels-first; pass HWC: "
-                         "image.transpose(1, 2, 0)")
+        raise UserError(f"image shape {image.shape} looks channels-first; pass HWC: "
+                        "image.transpose(1, 2, 0)")
     if image.ndim == 2 or (image.ndim == 3 and image.shape[-1] == 1):
-        raise ValueError(f"image shape {image.shape} is single-channel; SAM takes RGB: "
-                         "np.repeat(image.reshape(*image.shape[:2], 1), 3, axis=-1)")
+        raise UserError(f"image shape {image.shape} is single-channel; SAM takes RGB: "
+                        "np.repeat(image.reshape(*image.shape[:2], 1), 3, axis=-1)")
     if image.ndim == 3 and image.shape[-1] == 4:
-        raise ValueError(f"image shape {image.shape} has 4 channels (RGBA?); pass image[..., :3]")
+        raise UserError(f"image shape {image.shape} has 4 channels (RGBA?); pass image[..., :3]")
     if image.ndim != 3 or image.shape[-1] != 3:
-        raise ValueError(f"expected an image [H, W, 3], got shape {image.shape}")
+        raise UserError(f"expected an image [H, W, 3], got shape {image.shape}")
     if image.dtype != np.uint8:
         hint = " (floats in [0, 1]: (image * 255).round().astype(np.uint8))" \
             if image.dtype.kind == "f" else ""
-        raise ValueError(f"expected a uint8 image, got {image.dtype}{hint}")
+        raise UserError(f"expected a uint8 image, got {image.dtype}{hint}")
     if min(image.shape[:2]) < 1:
-        raise ValueError(f"empty image of shape {image.shape}")
+        raise UserError(f"empty image of shape {image.shape}")
 
 
 def preprocess(image: np.ndarray, size: int) -> np.ndarray:

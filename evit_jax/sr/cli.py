@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from evit_jax.cli import UserError, run, write_atomic
+from evit_jax.errors import path_error
 from evit_jax.sr.pairs import bicubic_upscale, to_uint8
 from evit_jax.sr.upscale import load_sr, make_sr
 
@@ -27,9 +28,9 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))
-    except (OSError, Image.UnidentifiedImageError) as e:
-        if isinstance(e, FileNotFoundError):
-            raise
+    except OSError as e:  # PIL's UnidentifiedImageError and decoder errors are OSErrors too
+        if e.errno is not None:  # the system's refusal (missing, permission), not PIL's
+            raise path_error(e, path) from e
         raise UserError(f"cannot read {path} as an image ({e})") from None
 
 

@@ -18,6 +18,8 @@ import math
 
 import numpy as np
 
+from evit_jax.errors import UserError
+
 
 def cubic(x: np.ndarray) -> np.ndarray:
     """Keys' cubic convolution kernel with a = -0.5 (MATLAB's `cubic`), support [-2, 2]."""
@@ -73,12 +75,12 @@ def imresize(image: np.ndarray, scale: float, antialias: bool = True) -> np.ndar
     """
     img = np.asarray(image)
     if img.ndim not in (2, 3):
-        raise ValueError(f"imresize expects [H, W] or [H, W, C], got shape {img.shape}")
+        raise UserError(f"imresize expects [H, W] or [H, W, C], got shape {img.shape}")
     if not scale > 0:
-        raise ValueError(f"scale must be > 0, got {scale}")
+        raise UserError(f"scale must be > 0, got {scale}")
     if img.dtype == np.bool_ or not (np.issubdtype(img.dtype, np.integer)
                                      or np.issubdtype(img.dtype, np.floating)):
-        raise ValueError(f"imresize expects a numeric image, got dtype {img.dtype}")
+        raise UserError(f"imresize expects a numeric image, got dtype {img.dtype}")
     x = img.astype(np.float64)
     if x.ndim == 2:
         x = x[:, :, None]

@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 
+from evit_jax.errors import UserError, UserFileNotFoundError
 from evit_jax.metrics import psnr, ssim
 from evit_jax.sr.imresize import imresize
 
@@ -38,20 +39,20 @@ def bicubic_upscale(lr: np.ndarray, scale: int) -> np.ndarray:
 def check_pair(hr: np.ndarray, lr: np.ndarray, scale: int) -> None:
     """Raise unless `lr` is `hr` (mod-cropped) downscaled by `scale`, shape-wise."""
     if lr.shape[0] * scale != hr.shape[0] or lr.shape[1] * scale != hr.shape[1]:
-        raise ValueError(f"LR {lr.shape[0]}x{lr.shape[1]} x {scale} != HR "
-                         f"{hr.shape[0]}x{hr.shape[1]} (HR cropped to a multiple of {scale}): "
-                         f"wrong scale, or mismatched LR/HR folders?")
+        raise UserError(f"LR {lr.shape[0]}x{lr.shape[1]} x {scale} != HR "
+                        f"{hr.shape[0]}x{hr.shape[1]} (HR cropped to a multiple of {scale}): "
+                        f"wrong scale, or mismatched LR/HR folders?")
 
 
 def list_images(d: str | os.PathLike) -> list[str]:
     """Sorted image files of folder `d`."""
     d = os.fspath(d)
     if not os.path.isdir(d):
-        raise FileNotFoundError(f"image folder {d!r} does not exist")
+        raise UserFileNotFoundError(f"image folder {d!r} does not exist")
     files = sorted(os.path.join(d, f) for f in os.listdir(d)
                    if f.lower().endswith(IMAGE_EXTS))
     if not files:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTS)}) in {d!r}")
+        raise UserFileNotFoundError(f"no images ({', '.join(IMAGE_EXTS)}) in {d!r}")
     return files
 
 
@@ -63,8 +64,8 @@ def pair_lr_files(hr_files: list[str], lr_dir: str | os.PathLike, scale: int) ->
         stem = os.path.splitext(os.path.basename(f))[0]
         lr = by_stem.get(stem) or by_stem.get(f"{stem}x{scale}")
         if lr is None:
-            raise FileNotFoundError(f"no LR image for {f} in {lr_dir} (expected {stem}.* or "
-                                    f"{stem}x{scale}.*)")
+            raise UserFileNotFoundError(f"no LR image for {f} in {lr_dir} (expected {stem}.* or "
+                                        f"{stem}x{scale}.*)")
         out.append(lr)
     return out
 

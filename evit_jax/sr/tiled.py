@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from evit_jax.errors import UserError
 from evit_jax.models.sr import EfficientViTSR, pixel_shuffle, space_to_depth
 from evit_jax.nn.blocks import MBConv, ResidualBlock
 from evit_jax.nn.conv import Conv2d, ConvLayer
@@ -85,7 +86,7 @@ class TiledSR:
         if not isinstance(model, EfficientViTSR):
             raise TypeError(f"TiledSR runs EfficientViTSR models, not {type(model).__name__}")
         if tile < 2 or tile % 2:
-            raise ValueError(f"tile must be an even number of LR pixels >= 2, got {tile}")
+            raise UserError(f"tile must be an even number of LR pixels >= 2, got {tile}")
         self.model, self.tile_f = model, tile // 2
         self.params = jax.tree.map(jnp.asarray, variables["params"])
         cfg = model.backbone_cfg
@@ -223,7 +224,7 @@ class TiledSR:
     def __call__(self, lr: np.ndarray) -> np.ndarray:
         lr = np.asarray(lr, np.float32)
         if lr.ndim != 4 or lr.shape[-1] != 3:
-            raise ValueError(f"expected LR images [N, h, w, 3] in [0, 1], got {lr.shape}")
+            raise UserError(f"expected LR images [N, h, w, 3] in [0, 1], got {lr.shape}")
         cfg, s = self.model.backbone_cfg, self.model.head_cfg.scale
         n, h, w, _ = lr.shape
         # The model's own padding of odd sides (edge replication); the bicubic skip of the

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from evit_jax.errors import UserError
 from evit_jax.sr.tiled import TiledSR
 
 Fn = Callable[[np.ndarray], np.ndarray]
@@ -20,8 +21,8 @@ def load_sr(name: str, weights: str | os.PathLike) -> tuple[Any, Any]:
     """(model, variables) of an SR zoo model from a weights dir or training workdir."""
     import evit_jax
     if evit_jax.model_info(name).task != "sr":
-        raise ValueError(f"{name} is not an SR model; SR models: "
-                         f"{', '.join(evit_jax.list_models('efficientvit-sr*'))}")
+        raise UserError(f"{name} is not an SR model; SR models: "
+                        f"{', '.join(evit_jax.list_models('efficientvit-sr*'))}")
     variables = evit_jax.load_variables(weights, model=name)  # checks the recorded model
     return evit_jax.create_model(name), variables
 

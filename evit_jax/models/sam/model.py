@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from evit_jax.errors import UserError
 from evit_jax.models.base import check_image_batch
 from evit_jax.models.sam.mask_decoder import MaskDecoder
 from evit_jax.models.sam.neck import SamImageEncoder
@@ -87,11 +88,11 @@ class EfficientViTSam(nn.Module):
         s = self.encoder_size
         check_image_batch(images)
         if images.shape[1:3] != (s, s):
-            raise ValueError(
-                f"encode_image expects images of {s}x{s} (this model's encoder size), got "
-                f"{images.shape[1]}x{images.shape[2]}; preprocess with "
-                f"evit_jax.sam.transforms.preprocess(image, {s}) (resize the longest side to "
-                f"{s}, normalise, zero-pad bottom/right)")
+            raise UserError(
+               f"encode_image expects images of {s}x{s} (this model's encoder size), got "
+               f"{images.shape[1]}x{images.shape[2]}; preprocess with "
+               f"evit_jax.sam.transforms.preprocess(image, {s}) (resize the longest side to "
+               f"{s}, normalise, zero-pad bottom/right)")
         return self.image_encoder(images, train)
 
     def predict_masks(self, image_embeddings: Array, point_coords: Array, point_labels: Array,
@@ -125,7 +126,7 @@ class EfficientViTSam(nn.Module):
         if point_coords is None:
             return emb
         if point_labels is None:
-            raise ValueError("point_labels are required with point_coords")
+            raise UserError("point_labels are required with point_coords")
         return self.predict_masks(emb, point_coords, point_labels, mask_input)
 
     def prompt_decoder(self) -> SamPromptDecoder:

@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from evit_jax.errors import UserError
 from evit_jax.nn import LayerNorm
 from evit_jax.nn.conv import Dense
 
@@ -157,7 +158,7 @@ class TwoWayTransformer(nn.Module):
         b, hh, ww, c = image.shape
         keys = image.reshape(b, hh * ww, c)
         if b != tokens.shape[0] and b != 1:
-            raise ValueError(f"{b} images for {tokens.shape[0]} prompts: give 1 or one each")
+            raise UserError(f"{b} images for {tokens.shape[0]} prompts: give 1 or one each")
         key_pe = image_pe.reshape(image_pe.shape[0], hh * ww, c)
         queries = tokens
         for layer in self.layers:

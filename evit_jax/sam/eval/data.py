@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from evit_jax.cli import UserError
+from evit_jax.errors import UserError, UserFileNotFoundError, user_path
 
 DATASETS = ("coco", "lvis", "evit_shapes")
 
@@ -46,11 +46,13 @@ class EvalImage:
 
 def read_json(path: str, what: str) -> Any:
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{what} {path!r} not found")
+        raise UserFileNotFoundError(f"{what} {path!r} not found")
+    with user_path(path):
+        with open(path, "rb") as f:
+            raw = f.read()
     try:
-        with open(path) as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{what} {path!r} is not valid JSON ({e})") from None
 
 
@@ -58,8 +60,8 @@ def _rgb_loader(path: str) -> Callable[[], np.ndarray]:
     def load() -> np.ndarray:
         from PIL import Image
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"image {path!r} not found: check --image-root")
-        with Image.open(path) as im:
+            raise UserFileNotFoundError(f"image {path!r} not found: check --image-root")
+        with user_path(path), Image.open(path) as im:  # unreadable: one line naming it
             return np.asarray(im.convert("RGB"))
     return load
 
@@ -94,7 +96,16 @@ def coco_images(dataset: str, image_root: str, annotations: str | dict,
         raise UserError("--annotations must be a COCO-format instances json with 'images' "
                         "and 'annotations' lists")
     if not os.path.isdir(image_root):
-        raise FileNotFoundError(f"--image-root {image_root!r} is not a directory")
+        raise UserFileNotFoundError(f"--image-root {image_root!r} is not a directory")
+    try:
+        return _coco_images(dataset, image_root, gt, detections)
+    except KeyError as e:  # a record without a field every COCO file has
+        raise UserError(f"--annotations / --detections: a record has no {e} field (expected "
+                        "COCO instances / results files)") from None
+
+
+def _coco_images(dataset: str, image_root: str, gt: dict,
+                 detections: str | list | None) -> list[EvalImage]:
     anns: dict[int, list] = defaultdict(list)
     for a in gt["annotations"]:
         anns[a["image_id"]].append(a)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from evit_jax.cli import UserError
+from evit_jax.errors import UserError
 
 SMALL, LARGE = 32 ** 2, 96 ** 2
 BUCKETS = ("all", "large", "medium", "small")

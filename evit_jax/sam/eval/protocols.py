@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from evit_jax.errors import UserError
 from evit_jax.sam.eval.data import EvalImage, gt_mask
 from evit_jax.sam.eval.metrics import mask_iou
 
@@ -136,15 +137,15 @@ def evaluate_image(predictor: Any, image: EvalImage, protocol: str, num_clicks: 
     "point", the detections with masks for "box_from_detector". Images without prompts are
     not encoded."""
     if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+        raise UserError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     prompts = image.detections if protocol == "box_from_detector" else \
         [a for a in image.annotations if a["area"] >= MIN_AREA]
     if not prompts:
         return []
     pixels = image.load()
     if pixels.shape[:2] != (image.height, image.width):
-        raise ValueError(f"image {image.image_id} is {pixels.shape[1]}x{pixels.shape[0]} "
-                         f"(WxH) but its record says {image.width}x{image.height}")
+        raise UserError(f"image {image.image_id} is {pixels.shape[1]}x{pixels.shape[0]} "
+                        f"(WxH) but its record says {image.width}x{image.height}")
     predictor.set_image(pixels)
     if protocol == "box":
         return box_ious(predictor, image, chunk)
