@@ -133,7 +133,7 @@ def test_sixteen_users_at_once(tmp_path):
     assert rss["peak"] - before <= status["session_mb"] + 96, (rss, status)
 
 
-@pytest.mark.slow  # ~6 min on a loaded 2-core VM: the full-size encoder and decoder
+@pytest.mark.slow  # ~14 min at load average 15 on 2 cores: the full-size model, 76 users
 def test_sixteen_users_full_model_and_the_memory_bound(tmp_path):
     """The model as it ships (512x512, 64x64 grid) with prompts growing to 20 clicks; then
     60 more users than fit in --session-memory-mb 160 (about 29 sessions of 5.5 MiB): the
