@@ -14,7 +14,8 @@ from evit_jax.cli import UserError, parse_resolution
 
 FORMATS = ("stablehlo", "onnx", "tflite")
 # Every jax2onnx release that runs with our jax (0.16 on) declares orbax-checkpoint<0.11.37,
-# which the core's orbax pin excludes, so pip cannot install it as part of the [onnx] extra.
+# which the trainer's orbax pin ([train]) excludes, so pip cannot install it as part of the
+# [onnx] extra beside [train] (what `make setup` installs).
 # It runs without that orbax (only its own examples use it): installed with --no-deps, as
 # the Makefile does (tests/test_export.py checks that the three agree).
 JAX2ONNX = "jax2onnx==0.17.1"
