@@ -468,7 +468,7 @@ def test_cli_names_a_missing_app_dependency_before_loading(gone, tmp_path, capsy
     assert time.perf_counter() - t0 < 1
 
 
-@pytest.mark.slow  # ~1.5 min: the start-up compiles every warm shape
+@pytest.mark.slow  # ~2 min: the start-up compiles every warm shape
 def test_cli_serves_the_page_and_a_prompt(weights, tmp_path):
     """`evit-sam-app` end to end: load, compile, listen; upload and click over HTTP."""
     port = _free_port()
