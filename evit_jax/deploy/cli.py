@@ -11,15 +11,9 @@ import argparse
 from typing import Any
 
 from evit_jax.cli import UserError, parse_resolution
+from evit_jax.deploy import JAX2ONNX, ONNX_INSTALL  # noqa: F401 (JAX2ONNX: re-exported)
 
 FORMATS = ("stablehlo", "onnx", "tflite")
-# Every jax2onnx release that runs with our jax (0.16 on) declares orbax-checkpoint<0.11.37,
-# which the trainer's orbax pin ([train]) excludes, so pip cannot install it as part of the
-# [onnx] extra beside [train] (what `make setup` installs).
-# It runs without that orbax (only its own examples use it): installed with --no-deps, as
-# the Makefile does (tests/test_export.py checks that the three agree).
-JAX2ONNX = "jax2onnx==0.17.1"
-ONNX_INSTALL = f"pip install 'evit-jax[onnx]' && pip install --no-deps {JAX2ONNX}"
 ONNX_MODULES = ("jax2onnx", "onnx", "onnx_ir", "onnxruntime")  # what the export imports
 
 

@@ -201,7 +201,7 @@ def to_onnx(program: OnnxProgram, opset: int = 17, model_name: str = "evit") -> 
     try:
         from jax2onnx import to_onnx as j2o
     except ImportError as e:
-        from evit_jax.deploy.cli import ONNX_INSTALL  # the command that works (--no-deps)
+        from evit_jax.deploy import ONNX_INSTALL  # the command that works (--no-deps)
         raise UserError(f"ONNX export needs jax2onnx: {ONNX_INSTALL}") from e
     from jax2onnx.plugins.jax.numpy.einsum import JnpEinsumPlugin
     specs = [tuple(s) for s in program.inputs]

@@ -1,6 +1,6 @@
 """Prompt checking and packing (host side) for the SAM predictor.
 
-Bad prompts raise `evit_jax.cli.UserError` (a `ValueError`) with a one-line message.
+Bad prompts raise `evit_jax.errors.UserError` (a `ValueError`) with a one-line message.
 
 A prompt (clicks, a box, or both) becomes a row of tokens: the clicks, segment-anything's
 padding point when there is no box, then the two box corners. Rows are padded with `PAD`
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from evit_jax.cli import UserError
+from evit_jax.errors import UserError
 from evit_jax.models.sam.prompt_encoder import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, NOT_A_POINT, PAD
 
 
