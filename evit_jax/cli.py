@@ -57,8 +57,9 @@ USER_ERRORS: tuple[type[BaseException], ...] = (UserError,)
 
 
 def one_line(e: BaseException, limit: int = 16000) -> str:
-    """The message of `e` on one line (newlines folded), at most `limit` characters (enough
-    for a key-mismatch report, which lists up to 40 keys of each kind)."""
+    """The message of `e` on one line (newlines folded), at most `limit` characters (a cap
+    for messages that embed foreign text; a key-mismatch report is ~750 characters and
+    writes its full key lists to a file)."""
     text = " ".join(str(e).split()) or type(e).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
