@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -56,8 +57,9 @@ USER_ERRORS: tuple[type[BaseException], ...] = (UserError,)
 
 
 def one_line(e: BaseException, limit: int = 16000) -> str:
-    """The message of `e` on one line (newlines folded), at most `limit` characters (enough
-    for a key-mismatch report, which lists up to 40 keys of each kind)."""
+    """The message of `e` on one line (newlines folded), at most `limit` characters (a cap
+    for messages that embed foreign text; a key-mismatch report is ~750 characters and
+    writes its full key lists to a file)."""
     text = " ".join(str(e).split()) or type(e).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -129,3 +131,38 @@ def write_atomic(path: str | os.PathLike, data: str | bytes | Callable[[str], An
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+# argparse takes a value that starts with "-" for an option unless it is a plain number
+# ("-5", "-0.5"): "-5,10,100,100" and "-1e-3" would need "--box=-5,...". This accepts any
+# number or comma-separated list of numbers (a command with an option spelled like a number,
+# "-1", would make argparse treat them as options again).
+_NUMBERS = re.compile(r"^-\.?\d[\d._eE+-]*(,\s*[-+]?\.?\d[\d._eE+-]*)*$")
+
+
+def allow_negative_numbers(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Let option values be negative numbers or comma-separated lists that start with one
+    (`--box -5,10,100,100`, `--thresh -1e-3`), as they are without the "-". Returns `parser`."""
+    parser._negative_number_matcher = _NUMBERS  # what argparse asks "is this a number?"
+    return parser
+
+
+def write_report(name: str, text: str) -> Path | None:
+    """Keep `text` (a long list or log that a one-line error points to) in this user's own
+    folder under the temporary directory, as `name` with a content hash before the suffix (the
+    same report again reuses the file); returns the path, or None where it cannot be written
+    (a report must never hide the error it belongs to)."""
+    import hashlib
+
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    folder = Path(tempfile.gettempdir()) / f"evit-jax-{uid if uid is not None else 'user'}"
+    stem, dot, suffix = re.sub(r"[^A-Za-z0-9_.-]", "_", name).rpartition(".")
+    digest = hashlib.sha1(text.encode()).hexdigest()[:10]
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        if uid is not None and folder.stat().st_uid != uid:  # someone else's: not there
+            return None
+        return write_atomic(folder / (f"{stem}-{digest}.{suffix}" if dot else
+                                      f"{suffix}-{digest}"), text)
+    except OSError:
+        return None

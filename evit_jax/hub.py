@@ -9,7 +9,9 @@ Where each zoo name's checkpoint lives (`checkpoint_location`):
   timm names      timm/efficientvit_b1.r224_in1k  model.safetensors  (tag default: r224_in1k)
 
 The file is fetched with `huggingface_hub.hf_hub_download` (its cache, `revision=` pinning,
-`HF_HUB_OFFLINE=1`, tokens), read by the torch-free restricted reader, converted, and the
+`HF_HUB_OFFLINE=1`, tokens; without a network the cache is used as with `HF_HUB_OFFLINE=1`,
+and a missing file is one line at once, not retries), read by the torch-free restricted
+reader, converted, and the
 converted variables are kept in `$EVIT_JAX_CACHE/pretrained/<name>-<blob>` (default
 `~/.cache/evit_jax`, under `$XDG_CACHE_HOME` when set), keyed by the downloaded file's content,
 so the next call reads them back without converting.
@@ -58,6 +60,11 @@ def fetch(name: str, revision: str | None = None, cache_dir: str | os.PathLike |
           ) -> Path:
     """The local path of `name`'s checkpoint file, downloaded into the Hub cache if needed.
 
+    Without a network (the Hub, or the proxy the environment names, does not accept a
+    connection within `PROBE_TIMEOUT_S`) a cached copy is used as with `HF_HUB_OFFLINE=1`,
+    and a file that is not cached fails at once with one line, instead of after
+    huggingface_hub's five retries (about 25 s of warnings).
+
     Args:
       name: zoo name (timm names may carry their pretrained tag, `efficientvit_b1.r288_in1k`).
       revision: a branch, tag or commit of the repository (default "main"); pin a commit for
@@ -69,21 +76,62 @@ def fetch(name: str, revision: str | None = None, cache_dir: str | os.PathLike |
     """
     repo, filename = checkpoint_location(name)
     try:
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import constants, hf_hub_download
         from huggingface_hub.utils import HfHubHTTPError, LocalEntryNotFoundError
     except ImportError as e:  # a declared dependency; only a broken install lacks it
         raise UserError(f"downloading weights needs huggingface_hub ({e}): "
                         "pip install huggingface_hub") from None
+    where = f"{filename} of huggingface.co/{repo} (revision {revision or 'main'})"
+    offline = constants.HF_HUB_OFFLINE or _truthy(os.environ.get("HF_HUB_OFFLINE"))
+    no_network = None if offline else unreachable(constants.ENDPOINT)
     try:
-        return Path(hf_hub_download(repo, filename, revision=revision, cache_dir=cache_dir))
+        return Path(hf_hub_download(repo, filename, revision=revision, cache_dir=cache_dir,
+                                    local_files_only=bool(offline or no_network)))
     except LocalEntryNotFoundError:
-        raise UserError(f"{filename} of huggingface.co/{repo} (revision {revision or 'main'}) "
-                        "is not in the Hugging Face cache and cannot be downloaded (offline: "
-                        "HF_HUB_OFFLINE=1, or no network): fetch it once online, or convert a "
-                        "local copy with evit-convert --src FILE") from None
+        why = ("HF_HUB_OFFLINE=1 is set" if offline else f"there is no network ({no_network})"
+               if no_network else "it cannot be downloaded")
+        raise UserError(f"{where} is not in the Hugging Face cache and {why}: fetch it once "
+                        "online, or convert a local copy with evit-convert --src FILE") from None
     except (HfHubHTTPError, OSError) as e:
-        raise UserError(f"cannot fetch {filename} from huggingface.co/{repo} "
-                        f"(revision {revision or 'main'}): {e}") from None
+        raise UserError(f"cannot fetch {where}: {' '.join(str(e).split())}") from None
+
+
+PROBE_TIMEOUT_S = 4.0  # a TCP handshake with the Hub takes well under a second when online
+
+
+def unreachable(endpoint: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """None if a TCP connection to `endpoint`'s host (or to the proxy the environment names
+    for it: `https_proxy`, `all_proxy`; `no_proxy` honoured) opens within `timeout` seconds;
+    else why not, in a few words. Name resolution counts towards the timeout."""
+    import socket
+    import threading
+    from urllib.parse import urlsplit
+    from urllib.request import getproxies, proxy_bypass
+
+    url = urlsplit(endpoint)
+    host, port = url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
+    proxies = getproxies()
+    proxy = proxies.get(url.scheme) or proxies.get("all")
+    if proxy and not proxy_bypass(host):
+        purl = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = purl.hostname or "", purl.port or (1080 if "socks" in purl.scheme else 80)
+    outcome: list[str | None] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome.append(None)
+        except OSError as e:
+            outcome.append(f"{host}:{port}: {e.strerror or e}")
+
+    probe = threading.Thread(target=connect, daemon=True)  # getaddrinfo has no timeout
+    probe.start()
+    probe.join(timeout)
+    return outcome[0] if outcome else f"{host}:{port}: no answer in {timeout:g} s"
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def content_key(path: Path) -> str:

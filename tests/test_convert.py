@@ -81,9 +81,52 @@ def test_wrong_checkpoint_lists_keys(official_b0, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("evit-convert: error: ")
     assert "does not match model 'efficientvit-b1'" in err
-    assert "missing keys" in err and "shape mismatches" in err
-    assert "backbone.input_stem.op_list.0.conv.weight: checkpoint (8, 3, 3, 3)" in err
+    assert "66 missing keys (" in err and "170 shape mismatches (" in err
+    assert "backbone.input_stem.op_list.0.conv.weight: checkpoint (8, 3, 3, 3), model " \
+        "(16, 3, 3, 3);" in err  # both in the checkpoint's layout
     assert "Traceback" not in err and not (tmp_path / "x").exists()
+
+
+@needs_shared
+def test_mismatch_report_is_one_readable_line_and_a_file(tmp_path, capsys):
+    """A b1 checkpoint converted as b0 (as a new user did): one line of a few hundred
+    characters (counts, the first keys of each kind, a hint), the full list in a file."""
+    from safetensors.numpy import save_file
+
+    from evit_jax.convert import CheckpointMismatchError
+    from tests.helpers import synth_case
+
+    sd, _ = synth_case("efficientvit-b1")
+    src = tmp_path / "efficientvit_b1_r224.safetensors"
+    save_file(sd, str(src))
+    assert main(["--model", "efficientvit-b0", "--src", str(src), "--dst",
+                 str(tmp_path / "x")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and len(err) < 1000, err  # was ~10,000 characters
+    assert err.startswith("evit-convert: error: the checkpoint does not match model "
+                          "'efficientvit-b0': 66 unexpected keys (backbone.stages.1.op_list.2.")
+    assert "; ... 63 more), 170 shape mismatches (" in err and "; ... 167 more)" in err
+    assert "Is this the checkpoint of another model?" in err
+    report = Path(err.rsplit("The full list: ", 1)[1].strip())
+    with pytest.raises(CheckpointMismatchError) as info:  # the same error from the library
+        evit_jax.load_variables(src, model="efficientvit-b0")
+    e = info.value
+    assert e.report_path == report and report.read_text() == e.report()
+    lines = report.read_text().splitlines()
+    assert lines[1] == "66 unexpected keys (checkpoint keys the model has no place for):"
+    assert len(lines) == 1 + 1 + 66 + 1 + 170 and "missing keys" not in report.read_text()
+    assert {x.strip() for x in lines[2:68]} == set(e.unexpected) and len(e.mismatched) == 170
+    assert "  backbone.input_stem.op_list.0.conv.weight: checkpoint (16, 3, 3, 3), model " \
+        "(8, 3, 3, 3) (at params/backbone/input_stem/op_list_0/conv/kernel (3, 3, 3, 8))" \
+        in lines
+    # A small mismatch is whole on its line: no file.
+    small = dict(sd)
+    small.pop("backbone.input_stem.op_list.0.conv.weight")
+    with pytest.raises(CheckpointMismatchError) as info:
+        evit_jax.convert_state_dict("efficientvit-b1", small)
+    assert info.value.report_path is None and str(info.value) == (
+        "the checkpoint does not match model 'efficientvit-b1': 1 missing key "
+        "(params/backbone/input_stem/op_list_0/conv/kernel)")
 
 
 @needs_shared

@@ -62,3 +62,41 @@ def test_sam_encoder_round_trip(tmp_path):
     x = np.random.default_rng(0).normal(size=(1, 512, 512, 3)).astype(np.float32)
     ref = jax.jit(lambda v, x: model.apply(v, x, method="encode_image"))(variables, x)
     assert rel_l2(loaded.call(x), ref) < 1e-5
+
+
+def test_onnx_without_jax2onnx_names_the_command_that_works(tmp_path, capsys, monkeypatch):
+    """jax2onnx cannot come with the [onnx] extra (it declares an orbax older than ours), so
+    the hint must be the two-step install the Makefile runs, with the version installed."""
+    import importlib.metadata
+    import re
+    import sys
+
+    from evit_jax.deploy.cli import JAX2ONNX, ONNX_INSTALL
+    from tests.helpers import ROOT
+
+    assert ONNX_INSTALL == f"pip install 'evit-jax[onnx]' && pip install --no-deps {JAX2ONNX}"
+    # The Makefile installs the same pin, and it is the version that passes test_onnx.py here.
+    assert re.findall(r"--no-deps '?(jax2onnx==[\d.]+)", (ROOT / "Makefile").read_text()) \
+        == [JAX2ONNX]
+    try:
+        assert importlib.metadata.version("jax2onnx") == JAX2ONNX.split("==")[1]
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    # The extra brings everything else the export imports.
+    extra = [r for r in importlib.metadata.requires("evit-jax") if 'extra == "onnx"' in r]
+    assert {re.split(r"[<>=!~ ;\[]", r)[0].replace("-", "_") for r in extra} >= {
+        "onnx", "onnx_ir", "onnxruntime"}
+    monkeypatch.setitem(sys.modules, "jax2onnx", None)  # `import jax2onnx` fails
+    args = ["--model", "efficientvit-b0", "--weights", str(tmp_path / "none"), "--out",
+            str(tmp_path / "b0.onnx"), "--format", "onnx"]
+    assert main(args) == 1  # before the (missing) weights are read
+    err = capsys.readouterr().err
+    assert err == f"evit-export: error: --format onnx needs jax2onnx, not installed here: " \
+        f"{ONNX_INSTALL}\n"
+    from evit_jax.cli import UserError
+    from evit_jax.deploy.onnx import onnx_program, to_onnx
+
+    model = evit_jax.create_model("efficientvit-b0")
+    program = onnx_program("efficientvit-b0", random_variables(model, seed=0), (32, 32))
+    with pytest.raises(UserError, match=re.escape(ONNX_INSTALL)):  # the library says it too
+        to_onnx(program)

@@ -73,6 +73,17 @@ def sam_l0():
     return name, model, random_variables(model, seed=3)
 
 
+def _as_predictor_pads(coords: np.ndarray, labels: np.ndarray) -> tuple:
+    """The tokens the exported decoder runs for ONNX inputs: `prompts.append_padding_point`
+    in numpy terms (the padding point on rows with clicks, no box, no -1 of their own)."""
+    lab = labels.astype(np.int32)
+    pad = (np.isin(lab, (0, 1)).any(-1) & ~np.isin(lab, (2, 3)).any(-1)
+           & ~(lab == -1).any(-1))
+    extra = np.where(pad, -1, -2)[:, None]
+    return (np.concatenate([coords, np.zeros_like(coords[:, :1])], 1),
+            np.concatenate([lab, extra], 1))
+
+
 def test_sam_decoder_matches_jax_and_predictor_postprocessing(sam_l0):
     from evit_jax.sam.predictor import postprocess
     from evit_jax.sam.transforms import postprocess_matrices, preprocess_shape
@@ -93,7 +104,7 @@ def test_sam_decoder_matches_jax_and_predictor_postprocessing(sam_l0):
     has_mask = np.array([0, 0, 1], np.float32)
     masks, iou, low = run_onnx(ort_session(proto), [emb, coords, labels, mask_in, has_mask])
     ref_low, ref_iou = jax.jit(lambda *a: model.apply(variables, *a, method="predict_masks"))(
-        jnp.asarray(emb.transpose(0, 2, 3, 1)), coords, labels.astype(np.int32),
+        jnp.asarray(emb.transpose(0, 2, 3, 1)), *_as_predictor_pads(coords, labels),
         mask_in[:, 0], has_mask > 0)
     assert low.shape == (3, 4, 256, 256) and iou.shape == (3, 4)
     assert rel_l2(low, ref_low) < TOL and rel_l2(iou, ref_iou) < TOL
@@ -128,11 +139,62 @@ def test_sam_decoder_dynamic_points_and_padding_are_exact(sam_l0):
         lab = rng.integers(0, 4, (2, p)).astype(np.float32)
         iou, low = run_onnx(sess, feed(c, lab)[:3] + [np.zeros((2, 1, 256, 256), np.float32),
                                                       np.zeros(2, np.float32)])
-        ref_low, ref_iou = decode(jnp.asarray(emb.transpose(0, 2, 3, 1)), c,
-                                  lab.astype(np.int32), np.zeros((2, 256, 256), np.float32),
-                                  np.zeros(2, bool))
+        ref_low, ref_iou = decode(jnp.asarray(emb.transpose(0, 2, 3, 1)),
+                                  *_as_predictor_pads(c, lab),
+                                  np.zeros((2, 256, 256), np.float32), np.zeros(2, bool))
         assert low.shape == (2, 4, 256, 256)
         assert rel_l2(low, ref_low) < TOL and rel_l2(iou, ref_iou) < TOL
+
+
+def test_sam_decoder_equals_predictor_for_every_prompt_kind(sam_l0):
+    """The contract a caller relies on (docs/deploy.md, the worked example): prompts fed as
+    plain tokens in the 1024 frame, clicks with no padding point, give `SamPredictor`'s
+    masks, IoUs and low-res logits, for clicks, a box, a box with clicks, clicks with a mask
+    prompt, and clicks padded as segment-anything's ONNX example pads them. (Without the
+    padding the decoder appends, a click-only prompt was off by 0.11 in IoU.)"""
+    from evit_jax.sam import SamPredictor
+
+    name, model, variables = sam_l0
+    h, w = 120, 160
+    image = np.random.default_rng(6).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    p = SamPredictor(model, variables)
+    p.set_image(image)
+    emb = np.asarray(p.get_image_embedding()).transpose(0, 3, 1, 2)  # NCHW, as the encoder's
+    sess = ort_session(export_onnx(name, variables, part="decoder", image_size=(h, w)))
+    clicks, fg_bg, box = np.array([[50.0, 60.0], [100.0, 30.0]]), np.array([1, 0]), \
+        np.array([30.0, 20.0, 120.0, 100.0])
+    low_prev = p.predict(clicks[:1], fg_bg[:1], multimask_output=False)[2]
+
+    def frame(xy):  # original pixels -> the 1024 prompt frame (ResizeLongestSide)
+        return p.transform.apply_coords(np.asarray(xy, np.float64), (h, w)).astype(np.float32)
+
+    cases = {  # name: (ONNX tokens, labels, mask_input, SamPredictor.predict arguments)
+        "one click": ([clicks[0]], [1], None, dict(point_coords=clicks[:1],
+                                                    point_labels=fg_bg[:1])),
+        "two clicks": (clicks, fg_bg, None, dict(point_coords=clicks, point_labels=fg_bg)),
+        "box": (box.reshape(2, 2), [2, 3], None, dict(box=box)),
+        "box + clicks": (np.concatenate([clicks, box.reshape(2, 2)]), [1, 0, 2, 3], None,
+                         dict(point_coords=clicks, point_labels=fg_bg, box=box)),
+        "click + mask": ([clicks[0]], [1], low_prev, dict(point_coords=clicks[:1],
+                                                         point_labels=fg_bg[:1],
+                                                         mask_input=low_prev)),
+        "segment-anything padding": (np.concatenate([clicks, [[0.0, 0.0]]]), [1, 0, -1],
+                                     None, dict(point_coords=clicks, point_labels=fg_bg)),
+    }
+    for kind, (xy, lab, mask, kwargs) in cases.items():
+        coords = frame(xy)[None]
+        if kind == "segment-anything padding":
+            coords[0, -1] = 0.0  # the padding point stays (0, 0), unscaled
+        feed = [emb, coords, np.asarray(lab, np.float32)[None],
+                np.zeros((1, 1, 256, 256), np.float32) if mask is None else mask[None],
+                np.array([0.0 if mask is None else 1.0], np.float32)]
+        masks, iou, low = run_onnx(sess, feed)
+        for multimask, sl in ((True, slice(1, 4)), (False, slice(0, 1))):
+            ref_m, ref_iou, ref_low = p.predict(**kwargs, multimask_output=multimask,
+                                                return_logits=True)
+            assert np.abs(iou[0, sl] - ref_iou).max() < 1e-4, (kind, multimask)
+            assert rel_l2(low[0, sl], ref_low) < TOL, (kind, multimask)
+            assert rel_l2(masks[0, sl], ref_m) < TOL, (kind, multimask)
 
 
 def test_bad_requests_are_one_line_errors(tmp_path, capsys):

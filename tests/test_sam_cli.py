@@ -76,6 +76,9 @@ def test_auto_mode(files, capsys):
     (["--point", "10,10,5", "--out", "x.png"], "LABEL must be 1"),
     (["--point", "500,10", "--out", "x.png"], "outside the 128x96"),
     (["--box", "50,50,10,10", "--out", "x.png"], "x0 <= x1"),
+    (["--point", "-5,10", "--out", "x.png"], "outside the 128x96"),  # parsed, then checked
+    (["--box", "-50,10,-5,40", "--out", "x.png"], "--box -50,10,-5,40 lies outside the 128x96"),
+    (["--box=-1e1,1,-5,40", "--out", "x.png"], "--box -10,1,-5,40 lies outside"),
     (["--auto", "--box", "1,1,5,5", "--out", "x.png"], "no --point / --box"),
     (["--point", "5,5", "--out", "x.jpg"], "write a .png"),
     (["--point", "5,5", "--out", "x.png", "--masks-out", "m.txt"], ".npz or .json"),
@@ -137,3 +140,27 @@ def test_one_pixel_high_strip_and_zero_prompts(files):
         masks, scores, low = p.predict_batch(boxes=np.zeros((0, 4)), multimask_output=multimask)
         assert masks.shape == (0, c, 1, 5000) and masks.dtype == bool
         assert scores.shape == (0, c) and low.shape == (0, c, 256, 256)
+
+
+def test_negative_numbers_are_values_not_options(files, capsys):
+    """`--box -5,10,100,100` (space, not `=`) is a box; one reaching past the image is clipped
+    to it, said on stdout, and gives the clipped box's masks."""
+    from evit_jax.sam.cli import build_parser
+
+    base = ["--model", NAME, "--weights", "w", "--image", "i.png", "--out", "o.png"]
+    args = build_parser().parse_args(base + ["--box", "-5,10,100,100", "--point", "-.5,-2e1",
+                                             "--pred-iou-thresh", "-1e-3"])
+    assert args.box == ["-5,10,100,100"] and args.point == ["-.5,-2e1"]
+    assert args.pred_iou_thresh == -1e-3
+    outs = []
+    for box in ("-5,10,60,140", "0,10,60,96"):
+        masks = files / f"box{len(outs)}.npz"
+        assert _run(files, "--box", box, "--out", str(files / "b.png"), "--masks-out",
+                    str(masks)) == 0
+        with np.load(masks) as z:
+            outs.append((z["masks"], z["scores"]))
+    out = capsys.readouterr().out
+    assert "note: --box -5,10,60,140 reaches past the 128x96 (WxH) image; clipped to " \
+        "0,10,60,96" in out and out.count("note:") == 1
+    np.testing.assert_array_equal(outs[0][0], outs[1][0])
+    np.testing.assert_array_equal(outs[0][1], outs[1][1])

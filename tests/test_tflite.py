@@ -151,3 +151,45 @@ def test_every_zoo_model(name):
         err = rel_l2(run_tflite(interp, x), ref)
         print(f"{name} float16={float16} rel_l2={err:.2e}")
         assert err < tol, (name, float16, err)
+
+
+def test_converter_failure_is_the_only_line_on_stderr(tmp_path):
+    """What a user sees when the converter fails: TensorFlow's import notices, absl's
+    warnings and the converter's MLIR diagnostics (screens of them) held back; one line
+    naming the failing op and where it was traced, the full log in a file. (b0 at 64x32:
+    TF 2.21's converter rejects the 1-pixel-wide last stage's batch_matmul.)"""
+    _needs_tflite()
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+    name = "efficientvit-b0"
+    save_variables(random_variables(evit_jax.create_model(name), seed=1), tmp_path / "vars",
+                   model=name)
+    r = subprocess.run([sys.executable, "-m", "evit_jax.export", "--format", "tflite",
+                        "--model", name, "--weights", str(tmp_path / "vars"), "--resolution",
+                        "64x32", "--out", str(tmp_path / "b0.tflite")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1 and r.stdout == "", (r.stdout, r.stderr[-3000:])
+    assert r.stderr.startswith("evit-export: error: TensorFlow's TFLite converter failed on "
+                               "the 64x32 (batch 1) model: 'tfl.batch_matmul' op ")
+    assert r.stderr.count("\n") == 1 and "(traced at evit_jax/" in r.stderr, r.stderr
+    log = r.stderr.rsplit("Converter log: ", 1)[1].strip()
+    assert "batch_matmul" in open(log).read() and not (tmp_path / "b0.tflite").exists()
+
+
+def test_converter_failure_in_the_library(capfd):
+    """The same from `to_tflite`, in-process: nothing reaches file descriptor 2."""
+    _needs_tflite()
+    from evit_jax.cli import UserError
+    from evit_jax.deploy.tflite import TfliteProgram, to_tflite
+
+    def svd(params, x):  # no TFLite builtin computes an SVD
+        return jax.numpy.linalg.svd(x[0, :, :, 0])[1][None]
+
+    program = TfliteProgram(svd, {}, lambda x: svd({}, x), (1, 4, 4, 3), "output")
+    capfd.readouterr()
+    with pytest.raises(UserError, match=r"converter failed on the 4x4 \(batch 1\) model: "
+                       r"'tf.XlaCallModule' op is neither a custom op nor a flex op"):
+        to_tflite(program)
+    assert capfd.readouterr().err == ""

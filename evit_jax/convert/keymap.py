@@ -23,32 +23,61 @@ from typing import Any
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from evit_jax.cli import UserError
+from evit_jax.cli import UserError, write_report
 from evit_jax.zoo import MODELS, abstract_variables, create_model, model_info
 
 Path = tuple[str, ...]
 
 
 class CheckpointMismatchError(UserError):
-    """A state dict that does not fit the model; lists every missing, unexpected and
-    mis-shaped key (or, with `reason`, says why none fits)."""
+    """A state dict that does not fit the model (or, with `reason`, why none fits).
+
+    `str(e)` is one readable line: the counts of missing, unexpected and mis-shaped keys, the
+    first `SHOWN` of each kind, and where the full list is (`report_path`, a text file written
+    when the line cannot show everything; `report()` gives the same text). The lists
+    themselves are `e.missing` (variable paths), `e.unexpected` (checkpoint keys) and
+    `e.mismatched` ("key: checkpoint SHAPE, model SHAPE (at PATH SHAPE)").
+    """
+
+    SHOWN = 3  # keys of each kind named in the one-line message
 
     def __init__(self, model: str, missing: list[str], unexpected: list[str],
                  mismatched: list[str], reason: str = ""):
-        self.model, self.missing, self.unexpected, self.mismatched = (
-            model, missing, unexpected, mismatched)
-        parts = [f"the checkpoint does not match model {model!r}:" + (f" {reason}" if reason
-                                                                       else "")]
-        for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                             ("shape mismatches", mismatched)):
+        self.model, self.missing, self.unexpected, self.mismatched, self.reason = (
+            model, list(missing), list(unexpected), list(mismatched), reason)
+        kinds = [(what, items) for what, items in (
+            (("missing key", "missing keys"), self.missing),
+            (("unexpected key", "unexpected keys"), self.unexpected),
+            (("shape mismatch", "shape mismatches"),  # the line leaves out the Flax side
+             [m.split(" (at ")[0] for m in self.mismatched])) if items]
+        line = f"the checkpoint does not match model {model!r}:" + (f" {reason}" if reason
+                                                                      else "")
+        line += ", ".join(
+            f" {len(items)} {what[len(items) != 1]} ({'; '.join(items[:self.SHOWN])}"
+            + (f"; ... {len(items) - self.SHOWN} more)" if len(items) > self.SHOWN else ")")
+            for what, items in kinds)
+        if len(kinds) > 1:  # more than a key or two off: most likely another model's file
+            line += (". Is this the checkpoint of another model? (evit_jax.list_models() "
+                     "lists names; timm files need the timm name, e.g. 'efficientvit_b1')")
+        self.report_path = (write_report(f"key-mismatch-{model}.txt", self.report())
+                            if any(len(items) > self.SHOWN for _, items in kinds) else None)
+        if self.report_path is not None:
+            line += f". The full list: {self.report_path}"
+        super().__init__(line)
+
+    def report(self) -> str:
+        """Every missing, unexpected and mis-shaped key, one per line (docs/convert.md)."""
+        lines = [f"the checkpoint does not match model {self.model!r}:"
+                 + (f" {self.reason}" if self.reason else "")]
+        for title, items in (("missing keys (model variables the checkpoint lacks)",
+                              self.missing),
+                             ("unexpected keys (checkpoint keys the model has no place for)",
+                              self.unexpected),
+                             ("shape mismatches", self.mismatched)):
             if items:
-                shown = "\n    ".join(items[:40])
-                more = f"\n    ... and {len(items) - 40} more" if len(items) > 40 else ""
-                parts.append(f"  {len(items)} {title}:\n    {shown}{more}")
-        if missing and unexpected:
-            parts.append("  Is this the checkpoint of another model? (evit_jax.list_models() "
-                         "lists names; timm files need the timm name, e.g. 'efficientvit_b1')")
-        super().__init__("\n".join(parts))
+                lines.append(f"{len(items)} {title}:")
+                lines.extend(f"  {k}" for k in items)
+        return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------------- timm names
@@ -110,6 +139,17 @@ def _torch_to_flax_kernel(w: np.ndarray) -> np.ndarray:
     if w.ndim == 2:
         return w.T                        # Linear (O, I) -> Dense (I, O)
     return w
+
+
+def _torch_layout(shape: tuple[int, ...], fn: Callable[[np.ndarray], np.ndarray]
+                  ) -> tuple[int, ...]:
+    """A Flax variable's shape in the checkpoint's layout (the inverse of `fn`'s transpose),
+    so a mismatch compares like with like: (3, 3, 3, 16) HWIO -> (16, 3, 3, 3) OIHW."""
+    if fn is _torch_to_flax_kernel and len(shape) == 4:
+        return (shape[3], shape[2], shape[0], shape[1])
+    if fn is _torch_to_flax_kernel and len(shape) == 2:
+        return shape[::-1]
+    return tuple(shape)
 
 
 def _target_of(key: str, target: Mapping[tuple[str, ...], Any]
@@ -225,8 +265,8 @@ def convert_state_dict(name: str, state_dict: Mapping[str, Any], model: Any = No
         arr = fn(to_numpy(value))
         want = tuple(target[path].shape)
         if arr.shape != want:
-            mismatched.append(f"{key}: checkpoint {tuple(to_numpy(value).shape)} "
-                              f"-> {arr.shape}, model expects {want} at {'/'.join(path)}")
+            mismatched.append(f"{key}: checkpoint {tuple(to_numpy(value).shape)}, model "
+                              f"{_torch_layout(want, fn)} (at {'/'.join(path)} {want})")
             mismatched_paths.add(path)
             continue
         out[path] = arr.astype(target[path].dtype, copy=False)

@@ -11,15 +11,17 @@ import argparse
 from typing import Any
 
 from evit_jax.cli import UserError, parse_resolution
+from evit_jax.deploy import JAX2ONNX, ONNX_INSTALL  # noqa: F401 (JAX2ONNX: re-exported)
 
 FORMATS = ("stablehlo", "onnx", "tflite")
+ONNX_MODULES = ("jax2onnx", "onnx", "onnx_ir", "onnxruntime")  # what the export imports
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     """`--format`, and the ONNX- / TFLite-only flags."""
     ap.add_argument("--format", choices=FORMATS, default="stablehlo",
-                    help="artifact format: stablehlo (jax.export, default), onnx "
-                         "(pip install -e '.[onnx]') or tflite (pip install -e '.[tflite]'); "
+                    help=f"artifact format: stablehlo (jax.export, default), onnx "
+                         f"({ONNX_INSTALL}) or tflite (pip install 'evit-jax[tflite]'); "
                          "see docs/deploy.md")
     ap.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     ap.add_argument("--image-size", type=parse_resolution, default=None,
@@ -41,6 +43,7 @@ def check(args: argparse.Namespace) -> None:
     if args.platform:
         raise UserError(f"--platform is for --format stablehlo; {args.format} runs anywhere")
     if args.format == "onnx":
+        require_onnx()
         if args.dtype != "float32":
             raise UserError("ONNX export is float32; leave out --dtype")
         if args.float16:
@@ -57,6 +60,17 @@ def check(args: argparse.Namespace) -> None:
         raise UserError(f"{args.model} has no parts; leave out --part")
     if args.image_size is not None:
         raise UserError("--image-size is for the SAM decoder in ONNX; leave it out")
+
+
+def require_onnx() -> None:
+    """A one-line error naming the install command that works when a package of the ONNX
+    export is missing (before any weights are read)."""
+    import importlib.util
+
+    missing = [m for m in ONNX_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UserError(f"--format onnx needs {', '.join(missing)}, not installed here: "
+                        f"{ONNX_INSTALL}")
 
 
 def export(args: argparse.Namespace, variables: Any) -> str:

@@ -21,6 +21,9 @@ JAX graph inside is NHWC and ONNX Runtime's layout optimiser removes the transpo
   `[B, 4]`, `low_res_masks` `[B, 4, 256, 256]` (token 0 the single-mask output, 1..3 the
   multimask ones); exported with an original image size (H, W) also `masks` `[B, 4, H, W]`,
   the logits upscaled as `SamPredictor` does (static shapes: the size is part of the graph).
+  Rows with clicks but no box get segment-anything's padding point inside the graph
+  (`evit_jax.sam.prompts.append_padding_point`), so every prompt kind decodes as
+  `SamPredictor.predict` decodes it, with or without the caller's own padding point.
 
 N, B and P are dynamic unless fixed (`batch`, `points`). LayerNorm and the linear-attention
 division run in float32 whatever the compute dtype, so a `float16` export stays fp16-safe.
@@ -147,6 +150,7 @@ def onnx_program(name: str, variables: Any, resolution: tuple[int, int] | None =
     if resolution is not None:
         raise UserError("the SAM decoder has no input resolution; the original image size "
                         "for its `masks` output is --image-size HxW")
+    from evit_jax.sam.prompts import append_padding_point
     cfg = spec.head.decoder
     decoder = model.prompt_decoder()
     dvars = model.decoder_variables(variables)
@@ -159,6 +163,9 @@ def onnx_program(name: str, variables: Any, resolution: tuple[int, int] | None =
     def dec(emb, coords, labels, mask_input, has_mask):
         # Labels are float at the boundary (as segment-anything's); exact small integers.
         lab = jnp.round(labels).astype(jnp.int32)
+        # Clicks without a box get segment-anything's padding point here, as SamPredictor
+        # gives them: the caller need not append it (evit_jax.sam.prompts, docs/deploy.md).
+        coords, lab = append_padding_point(coords, lab)
         low, iou = decoder.apply(dvars, _nhwc(emb), coords, lab, mask_input[:, 0],
                                  has_mask > 0.5)
         low, iou = low.astype(jnp.float32), iou.astype(jnp.float32)
@@ -194,7 +201,8 @@ def to_onnx(program: OnnxProgram, opset: int = 17, model_name: str = "evit") -> 
     try:
         from jax2onnx import to_onnx as j2o
     except ImportError as e:
-        raise UserError("ONNX export needs jax2onnx: pip install -e '.[onnx]'") from e
+        from evit_jax.deploy import ONNX_INSTALL  # the command that works (--no-deps)
+        raise UserError(f"ONNX export needs jax2onnx: {ONNX_INSTALL}") from e
     from jax2onnx.plugins.jax.numpy.einsum import JnpEinsumPlugin
     specs = [tuple(s) for s in program.inputs]
     # jax2onnx's IR serialiser logs one warning per untyped shape constant; not actionable.

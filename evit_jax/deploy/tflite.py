@@ -29,10 +29,14 @@ compares with the unmodified model (`reference`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import re
+import sys
+import tempfile
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +44,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from evit_jax.cli import UserError, write_atomic
+from evit_jax.cli import UserError, write_atomic, write_report
 from evit_jax.fuse import fuse_bn
 from evit_jax.nn.depthwise import depthwise_impl
 from evit_jax.zoo import create_model, model_info
 
 TASKS = ("cls", "seg", "sr")
 OUTPUT_NAMES = {"cls": "logits", "seg": "logits", "sr": "output"}
-INSTALL = "pip install -e '.[tflite]'"
+INSTALL = "pip install 'evit-jax[tflite]'"
 FLOAT16_EPS = 2.0**-24  # float16's smallest (subnormal) number, exact once dequantised
 
 
@@ -133,8 +137,9 @@ def tflite_program(name: str, variables: Any, resolution: tuple[int, int] | None
 
 
 def _tensorflow() -> Any:
-    # TF logs a screenful of CUDA / oneDNN notices on import; keep errors only (a user's
-    # own TF_CPP_MIN_LOG_LEVEL wins).
+    # TF logs oneDNN / CUDA notices on import; TF_CPP_MIN_LOG_LEVEL quiets what goes through
+    # its own logging (a user's setting wins), `quiet_stderr` the rest (absl's, before
+    # absl::InitializeLog, which no variable reaches).
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         import tensorflow as tf
@@ -143,11 +148,68 @@ def _tensorflow() -> Any:
     return tf
 
 
+@contextlib.contextmanager
+def quiet_stderr() -> Iterator[list[str]]:
+    """Hold what the process writes to stderr (file descriptor 2: TensorFlow's C++ logging,
+    the converter's MLIR diagnostics, Python warnings) in a temporary file while the block
+    runs; the text is appended to the yielded list when the block ends, for an error message
+    to point to. A process without a file descriptor 2 runs the block as it is."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield []
+        return
+    held: list[str] = []
+    with tempfile.TemporaryFile() as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield held
+        finally:
+            try:
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass
+            os.dup2(saved, 2)
+            os.close(saved)
+            log.seek(0)
+            held.append(log.read().decode("utf-8", "replace"))
+
+
+def _converter_failure(error: BaseException, program: TfliteProgram, log: str) -> UserError:
+    """The converter's error as one line: its first `error:` diagnostic (the op and where
+    in evit_jax it was traced), with the full message and log kept in a file."""
+    text = str(error)
+    found = re.search(r"error: (.*)", text)
+    what = " ".join((found.group(1) if found else text.strip().splitlines()[-1]).split())
+    at = re.findall(r"(evit_jax/\S+\.py):(\d+):\d+: error:", text)
+    n, h, w, _ = program.input_shape
+    saved = write_report("tflite-converter.log", f"{text}\n\n--- stderr ---\n{log}")
+    return UserError(
+        f"TensorFlow's TFLite converter failed on the {h}x{w} (batch {n}) model: {what}"
+        + (f" (traced at {at[0][0]}:{at[0][1]})" if at else "")
+        + "; another --resolution may convert (every zoo model does at 128x128), or "
+        "export with --format onnx" + (f". Converter log: {saved}" if saved else ""))
+
+
 def to_tflite(program: TfliteProgram) -> bytes:
     """Convert a `TfliteProgram` -> the .tflite flatbuffer (builtin ops only).
 
-    The converter fails (`ConverterError`) rather than emit an op outside TFLITE_BUILTINS.
+    TensorFlow's logging is held back (`quiet_stderr`): on success nothing is shown; a
+    converter failure (it refuses, e.g., any op outside TFLITE_BUILTINS) is one `UserError`
+    line naming the failing op, with the converter's full output in a file.
     """
+    with quiet_stderr() as log:
+        try:
+            return _convert(program)
+        except Exception as e:  # noqa: BLE001 (sorted below, once stderr is back)
+            error = e
+    if type(error).__name__ == "ConverterError":  # tensorflow.lite.python.convert_phase
+        raise _converter_failure(error, program, "".join(log)) from None
+    raise error
+
+
+def _convert(program: TfliteProgram) -> bytes:
     tf = _tensorflow()
     from jax.experimental import jax2tf
 
@@ -187,8 +249,9 @@ def interpreter(model: bytes | str | os.PathLike, threads: int | None = None) ->
         raise UserError(f"running TFLite needs ai-edge-litert: {INSTALL}") from e
     kw = {"model_content": bytes(model)} if isinstance(model, (bytes, bytearray)) else {
         "model_path": str(Path(model))}
-    interp = Interpreter(**kw, num_threads=threads)
-    interp.allocate_tensors()
+    with quiet_stderr():  # LiteRT's "INFO: Created TensorFlow Lite XNNPACK delegate"
+        interp = Interpreter(**kw, num_threads=threads)
+        interp.allocate_tensors()
     return interp
 
 

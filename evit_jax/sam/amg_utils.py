@@ -135,7 +135,7 @@ def rle_to_mask(rle: dict[str, Any]) -> np.ndarray:
 
 
 def area_from_rle(rle: dict[str, Any]) -> int:
-    return int(sum(rle["counts"][1::2]))
+    return int(np.asarray(rle["counts"][1::2], np.int64).sum())
 
 
 def coco_encode_rle(rle: dict[str, Any]) -> dict[str, Any]:
@@ -144,7 +144,8 @@ def coco_encode_rle(rle: dict[str, Any]) -> dict[str, Any]:
     from pycocotools import mask as mask_utils
 
     h, w = rle["size"]
-    out = mask_utils.frPyObjects({"size": [h, w], "counts": list(rle["counts"])}, h, w)
+    out = mask_utils.frPyObjects({"size": [h, w], "counts": np.asarray(rle["counts"]).tolist()},
+                                 h, w)
     return {"size": [int(h), int(w)], "counts": out["counts"].decode("utf-8")}
 
 

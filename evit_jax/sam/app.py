@@ -16,17 +16,25 @@ Endpoints (JSON unless said otherwise; `session` is the id an upload returns):
   GET  /api/masks.png        ?session=&index=: mask `index` of the last result as a 0/255 PNG,
                              or without index all of them as a label map (0 = none, i + 1)
   GET  /api/masks.json       ?session=&index=: the same masks as COCO RLE annotations
+  GET  /api/status           {sessions, max_sessions, session_mb, session_memory_mb, evicted,
+                             uploads_queued, everything_pending}: load, no ids
 
-Errors are HTTP 4xx with a one-line `detail`, which the page shows.
+Errors are HTTP 4xx with a one-line `detail`, which the page shows: 404 an unknown or
+expired session (the page then opens its image again by itself), 408 an upload not received
+within --upload-timeout, 413 too large, 415 / 422 bad input, 429 busy (with Retry-After;
+the page waits and retries).
 
-Concurrency (the details in app_state.py): every model call runs in a worker thread, so
-the event loop keeps serving during an encode; encodes go one at a time, prompts take no lock,
-"segment everything" runs in its own thread, and sessions live in a bounded LRU.
+Concurrency and memory (the details in app_state.py): every model call runs in a worker
+thread, so the event loop keeps serving during an encode; uploads are encoded one at a time
+in arrival order, prompts take no lock, "segment everything" runs in its own thread, and
+sessions live in an LRU bounded in count (--max-sessions) and bytes (--session-memory-mb).
+A slow upload holds no thread: it is read by the event loop, up to --upload-timeout.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the handlers' annotations (Request,
 # the pydantic bodies), which are local to create_app.
 import argparse
+import asyncio
 import json
 import os
 import sys
@@ -34,8 +42,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from evit_jax.cli import UserError, run
-from evit_jax.sam.app_state import AppError, SamApp, size_text
+from evit_jax.cli import UserError, allow_negative_numbers, run
+from evit_jax.sam.app_state import AppError, SamApp, check_limits, size_text
 
 PROG = "evit-sam-app"
 STATIC = Path(__file__).with_name("static")
@@ -48,13 +56,17 @@ def create_app(sam: SamApp):
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, JSONResponse, Response
     from pydantic import BaseModel
-    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import ClientDisconnect
 
-    app = FastAPI(title="EfficientViT-SAM", docs_url=None, redoc_url=None)
+    app = FastAPI(title="EfficientViT-SAM", docs_url=None, redoc_url=None, openapi_url=None)
+    async def in_worker(fn, *args):
+        """Prompts and downloads: on the app's `prompt_workers` threads; the others wait in
+        its queue, holding no thread."""
+        return await asyncio.wrap_future(sam.workers.submit(fn, *args))
 
     @app.exception_handler(AppError)
     async def _app_error(request: Request, e: AppError):
-        return JSONResponse({"detail": e.detail}, status_code=e.status)
+        return JSONResponse({"detail": e.detail}, status_code=e.status, headers=e.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(request: Request, e: RequestValidationError):
@@ -86,28 +98,38 @@ def create_app(sam: SamApp):
         if int(size) > sam.max_upload_bytes + (64 << 10):  # before reading any of it
             raise AppError(413, f"the upload ({size_text(int(size))}) is more than this app "
                                 f"accepts ({size_text(sam.max_upload_bytes)})")
-        form = await request.form(max_files=1, max_fields=2)
-        up = form.get("file")
-        if up is None or isinstance(up, str):
-            raise AppError(422, "no file in the upload (a multipart field named 'file')")
-        data = await up.read()
+        try:  # read by the event loop: a slow sender holds no thread, only this coroutine
+            form = await asyncio.wait_for(request.form(max_files=1, max_fields=2),
+                                          sam.upload_timeout_s)
+            up = form.get("file")
+            if up is None or isinstance(up, str):
+                raise AppError(422, "no file in the upload (a multipart field named 'file')")
+            data = await up.read()
+        except asyncio.TimeoutError:
+            raise AppError(408, f"the upload did not arrive within {sam.upload_timeout_s:g} s; "
+                                "try again on a faster connection") from None
+        except ClientDisconnect:  # the sender went away mid-upload: nobody to answer
+            return Response(status_code=400)
         name = os.path.basename(up.filename or "upload")
-        t0 = time.perf_counter()
-        image, notice = await run_in_threadpool(sam.decode_upload, data, name)
-        decode_ms = 1e3 * (time.perf_counter() - t0)
-        s = sam.session(form.get("session"), create=True)
-        encode_s = await run_in_threadpool(sam.encode, s, image, name)
-        h, w = image.shape[:2]
+        sid = form.get("session")
+        sam.admit_upload()  # 429 when too many wait
+        try:
+            encoded, notice, decode_s, encode_s = await asyncio.wrap_future(
+                sam.encoder.submit(sam.process_upload, data, name))
+        finally:
+            sam.upload_done()
+        s = sam.install(sid if isinstance(sid, str) else None, encoded)
+        h, w = encoded.size
         return {"session": s.id, "width": w, "height": h, "name": name, "notice": notice,
-                "decode_ms": round(decode_ms, 1), "encode_ms": round(1e3 * encode_s, 1)}
+                "decode_ms": round(1e3 * decode_s, 1), "encode_ms": round(1e3 * encode_s, 1)}
 
     @app.post("/api/prompt")
     async def prompt(body: PromptIn):
         s = sam.session(body.session)
         if len(body.labels) != len(body.points):
             raise AppError(422, f"{len(body.points)} points but {len(body.labels)} labels")
-        return await run_in_threadpool(sam.prompt, s, body.points, body.labels, body.box,
-                                       body.multimask)
+        return await in_worker(sam.prompt, s, body.points, body.labels, body.box,
+                               body.multimask)
 
     @app.post("/api/everything", status_code=202)
     async def everything(body: EverythingIn):
@@ -120,16 +142,20 @@ def create_app(sam: SamApp):
             raise AppError(404, "no segment-everything run in this session")
         return s.job.view()
 
+    @app.get("/api/status")
+    async def status():
+        return sam.stats()
+
     @app.get("/api/masks.png")
     async def masks_png(session: str, index: int | None = None):
-        data = await run_in_threadpool(sam.download_png, sam.session(session), index)
+        data = await in_worker(sam.download_png, sam.session(session), index)
         name = "masks.png" if index is None else f"mask{index}.png"
         return Response(data, media_type="image/png",
                         headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
     @app.get("/api/masks.json")
     async def masks_json(session: str, index: int | None = None):
-        data = await run_in_threadpool(sam.download_json, sam.session(session), index)
+        data = await in_worker(sam.download_json, sam.session(session), index)
         return Response(json.dumps(data), media_type="application/json", headers={
             "Content-Disposition": 'attachment; filename="masks.json"'})
 
@@ -145,17 +171,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="variables directory written by evit-convert, or the authors' .pt file")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int, default=8000, help="port to listen on")
-    p.add_argument("--max-sessions", type=int, default=8,
-                   help="images (with embeddings) kept at once, least recently used dropped")
+    p.add_argument("--max-sessions", type=int, default=64,
+                   help="images (with embeddings, 4 MiB each) kept at once, least recently "
+                        "used dropped (default 64)")
+    p.add_argument("--session-memory-mb", type=float, default=1024,
+                   help="the most memory all sessions together hold (embeddings, results), "
+                        "least recently used dropped beyond it (default 1024)")
     p.add_argument("--max-upload-mb", type=float, default=20, help="largest upload accepted")
     p.add_argument("--max-megapixels", type=float, default=16, help="largest image accepted")
+    p.add_argument("--max-queued-uploads", type=int, default=32,
+                   help="uploads waiting to be encoded; more get 429 (busy, retry)")
+    p.add_argument("--upload-timeout", type=float, default=60,
+                   help="seconds an upload may take to arrive (then 408)")
+    p.add_argument("--prompt-workers", type=int, default=0,
+                   help="prompts and downloads computed at once, the others wait their turn "
+                        "(default: the CPU cores, 2..8)")
     p.add_argument("--points-per-side", type=int, default=16,
                    help="segment everything: clicks per side of the grid")
     p.add_argument("--pred-iou-thresh", type=float, default=0.88,
                    help="segment everything: keep masks with a predicted IoU above this")
     p.add_argument("--stability-score-thresh", type=float, default=0.95,
                    help="segment everything: keep masks at least this stable")
-    return p
+    return allow_negative_numbers(p)
 
 
 def load(args: argparse.Namespace) -> SamApp:
@@ -166,21 +203,47 @@ def load(args: argparse.Namespace) -> SamApp:
         raise UserError(f"{args.model} is not a SAM model; see evit_jax.list_models('*sam*')")
     if not 1 <= args.port <= 65535:
         raise UserError(f"--port {args.port}: give 1..65535")
+    check_limits(max_sessions=args.max_sessions, session_memory_mb=args.session_memory_mb,
+                 max_queued_uploads=args.max_queued_uploads, upload_timeout=args.upload_timeout)
+    if args.prompt_workers < 0:
+        raise UserError(f"--prompt-workers must be at least 1 (0: the cores), got "
+                        f"{args.prompt_workers}")
     model = evit_jax.create_model(args.model)
     variables = evit_jax.load_variables(args.weights, model=args.model)
     return SamApp(model, variables, max_sessions=args.max_sessions,
+                  session_memory_mb=args.session_memory_mb,
                   max_upload_bytes=int(args.max_upload_mb * 2**20),
                   max_pixels=int(args.max_megapixels * 1e6),
+                  max_queued_uploads=args.max_queued_uploads,
+                  upload_timeout_s=args.upload_timeout, prompt_workers=args.prompt_workers,
                   points_per_side=args.points_per_side,
                   generator={"pred_iou_thresh": args.pred_iou_thresh,
                              "stability_score_thresh": args.stability_score_thresh})
 
 
+APP_INSTALL = "pip install 'evit-jax[app]'"
+
+
+def require_app_dependencies() -> None:
+    """A one-line error naming the extra when a package of the app is missing: checked
+    before the model loads and compiles (~20 s), not when the server starts."""
+    import importlib.util
+
+    def have(*modules: str) -> bool:  # any of the names (python-multipart renamed its module)
+        return any(importlib.util.find_spec(m) is not None for m in modules)
+
+    missing = [pkg for pkg, modules in (("fastapi", ("fastapi",)), ("uvicorn", ("uvicorn",)),
+                                        ("python-multipart", ("python_multipart", "multipart")))
+               if not have(*modules)]
+    if missing:
+        raise UserError(f"the app needs {', '.join(missing)}, not installed here: "
+                        f"{APP_INSTALL}")
+
+
 def _main(args: argparse.Namespace) -> int:
-    try:
-        import uvicorn
-    except ImportError:
-        raise UserError("the app needs its extra: pip install 'evit-jax[app]'") from None
+    require_app_dependencies()
+    import uvicorn
+
     t0 = time.perf_counter()
     sam = load(args)
     print(f"{PROG}: loaded {args.model} in {time.perf_counter() - t0:.1f} s; compiling ...",

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from evit_jax.cli import UserError, run, write_atomic
+from evit_jax.cli import UserError, allow_negative_numbers, run, write_atomic
 
 PROG = "evit-segment"
 
@@ -119,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "repeat for several clicks (one prompt); may be combined with one --box")
     p.add_argument("--auto", action="store_true", help="segment everything (mask generator)")
     p.add_argument("--box", action="append", metavar="X0,Y0,X1,Y1",
-                   help="a box in pixels; several boxes give one mask each, in one batch")
+                   help="a box in pixels; several boxes give one mask each, in one batch; "
+                        "a box reaching past the image is clipped to it")
     p.add_argument("--out", required=True, help="output PNG with the masks drawn over the image")
     p.add_argument("--masks-out", help="also save the masks: .npz (boolean arrays) or .json "
                                        "(COCO RLE)")
@@ -132,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop-n-layers", type=int, default=0, help="--auto crop layers")
     p.add_argument("--min-mask-region-area", type=int, default=0,
                    help="--auto: remove holes / islands smaller than this")
-    return p
+    return allow_negative_numbers(p)  # --box -5,10,100,100 as well as --box=-5,...
 
 
 def _prompts(args) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
@@ -148,6 +149,27 @@ def _prompts(args) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | N
         if points is not None and len(boxes) > 1:
             raise UserError("clicks combine with one --box; give several boxes without clicks")
     return points, labels, boxes
+
+
+def clip_boxes(boxes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """XYXY boxes `[B, 4]` clipped to an `(H, W)` image, each clip said on stdout (a box
+    drawn around an object at the edge, or a detector's, often reaches past it). A box with
+    x1 < x0 or y1 < y0, or none of it inside, stays an error."""
+    h, w = size
+    out = boxes.copy()
+    for i, b in enumerate(boxes):
+        if b[2] < b[0] or b[3] < b[1]:
+            continue  # check_boxes names it
+        c = np.clip(b, 0, [w, h, w, h])
+        if (c == b).all():
+            continue
+        text = ",".join(f"{v:g}" for v in b)
+        if c[0] == c[2] and b[0] != b[2] or c[1] == c[3] and b[1] != b[3]:
+            raise UserError(f"--box {text} lies outside the {w}x{h} (WxH) image")
+        print(f"note: --box {text} reaches past the {w}x{h} (WxH) image; clipped to "
+              + ",".join(f"{v:g}" for v in c))
+        out[i] = c
+    return out
 
 
 def segment(args: argparse.Namespace) -> dict[str, float]:
@@ -174,6 +196,7 @@ def segment(args: argparse.Namespace) -> dict[str, float]:
     if points is not None:  # check the prompts before the (slow) model
         P.check_points(points, labels, size)
     if boxes is not None:
+        boxes = clip_boxes(boxes, size)
         P.check_boxes(boxes, size, batched=True)
     t = {}
     t0 = time.perf_counter()

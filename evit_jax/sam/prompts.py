@@ -1,6 +1,6 @@
 """Prompt checking and packing (host side) for the SAM predictor.
 
-Bad prompts raise `evit_jax.cli.UserError` (a `ValueError`) with a one-line message.
+Bad prompts raise `evit_jax.errors.UserError` (a `ValueError`) with a one-line message.
 
 A prompt (clicks, a box, or both) becomes a row of tokens: the clicks, segment-anything's
 padding point when there is no box, then the two box corners. Rows are padded with `PAD`
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from evit_jax.cli import UserError
+from evit_jax.errors import UserError
 from evit_jax.models.sam.prompt_encoder import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, NOT_A_POINT, PAD
 
 
@@ -130,3 +130,30 @@ def pad_tokens(coords: np.ndarray, labels: np.ndarray, tokens: int, rows: int
     c[:b, :t] = coords
     lab[:b, :t] = labels
     return c, lab
+
+
+def append_padding_point(coords, labels):
+    """segment-anything's padding point, decided per row inside a graph (the ONNX decoder):
+    a row with clicks (labels 0 / 1) but no box corner (2 / 3) and no not-a-point (-1) of
+    its own gets the point (0, 0) with label -1 appended, as `SamPredictor` appends it; every
+    other row gets a `PAD` token, which changes nothing (masked out of attention). So clicks
+    alone, clicks padded as segment-anything's ONNX example pads them, a box, a box with
+    clicks, and a mask prompt alone decode as `SamPredictor.predict` decodes them.
+
+    Args:
+      coords: `[B, P, 2]` float tokens (prompt frame).
+      labels: `[B, P]` integer labels (`PAD` for padding).
+    Returns:
+      coords `[B, P + 1, 2]` and labels `[B, P + 1]`, jnp arrays of the input dtypes.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    has_click = jnp.any((labels == 0) | (labels == 1), axis=-1)
+    has_box = jnp.any((labels == BOX_TOP_LEFT) | (labels == BOX_BOTTOM_RIGHT), axis=-1)
+    has_own = jnp.any(labels == NOT_A_POINT, axis=-1)
+    extra = jnp.where(has_click & ~has_box & ~has_own, NOT_A_POINT, PAD).astype(labels.dtype)
+    # lax.concatenate, not jnp's: jax2onnx's own jnp.concatenate gives a symbolic P + 1 a
+    # static length (see evit_jax/models/sam/mask_decoder.py).
+    coords = jax.lax.concatenate([coords, jnp.zeros_like(coords[:, :1])], 1)
+    return coords, jax.lax.concatenate([labels, extra[:, None]], 1)
