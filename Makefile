@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m train.main --config configs/demo.py --workdir runs/demo
+	$(PY) -m evit_jax.train.main --config configs/demo.py --workdir runs/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -1,9 +1,10 @@
 """Build hook for the optional C++ kernels: `evit_jax/csrc/*.cc` -> `evit_jax/_native*.so`.
 
 Also the package list: the wheel installs only `evit_jax`. The repository's top-level `train/`
-and `configs/` (where `python -m train.main --config configs/demo.py` finds them in a checkout)
-go in as `evit_jax.train` and `evit_jax.configs`, so nothing generic lands in site-packages;
-`convert/` holds only a script and is not installed. Everything else is in pyproject.toml.
+and `configs/` go in as `evit_jax.train` and `evit_jax.configs` (an editable install maps
+those names onto the folders), the one name they are imported by, so nothing generic lands in
+site-packages; `convert/` holds only a script and is not installed. Everything else is in
+pyproject.toml.
 
 The kernels are XLA FFI custom calls for XLA:CPU; their headers come from the jaxlib wheel (a
 build requirement). When they cannot be built (no C++17 compiler), installation still

@@ -10,10 +10,9 @@ batches from 128 px up, and for L: RandomErasing 0.2, MESA and bfloat16 compute.
 Data: tfds `imagenet2012` (prepared once from the manual download; `data_dir` arg).
 """
 
-try:  # installed, configs/ is evit_jax.configs; in a checkout, the top-level configs/
-    from evit_jax.configs import common
-except ImportError:
-    from configs import common
+from evit_jax.configs import common
+
+from evit_jax.cli import UserError
 from evit_jax.zoo import ModelSpec, model_info
 
 IMAGENET_TRAIN = 1_281_167
@@ -37,8 +36,8 @@ def recipe_entry(name: str) -> ModelSpec:
         spec = None
     if spec is None or spec.task != "cls" or spec.key_style != "official" \
             or spec.backbone not in RECIPES:
-        raise ValueError(f"no ImageNet recipe for {name!r}; known: "
-                         f"{['efficientvit-' + v for v in RECIPES]} (+ -r256, -r288, ...)")
+        raise UserError(f"no ImageNet recipe for {name!r}; known: "
+                        f"{['efficientvit-' + v for v in RECIPES]} (+ -r256, -r288, ...)")
     return spec
 
 

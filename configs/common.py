@@ -12,6 +12,8 @@ import ast
 
 import ml_collections as mlc
 
+from evit_jax.cli import UserError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -24,7 +26,7 @@ def parse_arg(arg: str | None, **defaults) -> mlc.ConfigDict:
         key, sep, value = item.partition("=")
         key = key.strip()
         if key not in defaults:
-            raise ValueError(f"unknown config argument {key!r}; known: {sorted(defaults)}")
+            raise UserError(f"unknown config argument {key!r}; known: {sorted(defaults)}")
         if not sep:
             out[key] = True
         elif isinstance(defaults[key], bool):

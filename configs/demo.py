@@ -1,17 +1,14 @@
 """The README's main job: EfficientViT-B0 from scratch on the embedded `evit_shapes` dataset.
 
 Sized for a 2-core CPU (~4 min when idle): 32 px images, B0 with a 10-class head, 800 steps of
-64 images with AdamW. `python -m train.main --config configs/demo.py --workdir runs/demo`.
+64 images with AdamW. `evit-train --config configs/demo.py --workdir runs/demo`.
 Arguments: `steps=N` (default 800; 400 steps reach ~50 % top-1, 800 68-81 % by machine and
 float rounding), `size=N`
 (train/eval resolution, multiple of 32), `tiny` (the 640-image variant of the dataset, for
 tests), `runlocal`.
 """
 
-try:  # installed, configs/ is evit_jax.configs; in a checkout, the top-level configs/
-    from evit_jax.configs import common
-except ImportError:
-    from configs import common
+from evit_jax.configs import common
 
 
 def get_config(arg: str | None = None):

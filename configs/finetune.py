@@ -5,10 +5,8 @@ The classifier's last layer is re-initialised when the class count differs; ever
 else starts from the weights. Short schedule, small learning rate, light augmentation.
 """
 
-try:  # installed, configs/ is evit_jax.configs; in a checkout, the top-level configs/
-    from evit_jax.configs import common
-except ImportError:
-    from configs import common
+from evit_jax.configs import common
+
 from evit_jax.zoo import model_info
 
 

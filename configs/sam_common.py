@@ -7,10 +7,7 @@ weight decay 0.1 except on norm / bias, cosine without warmup, gradient clipping
 20 * BCE + dice on 112^2 uncertainty-sampled points (oversample 3, importance 0.75).
 """
 
-try:  # installed, configs/ is evit_jax.configs; in a checkout, the top-level configs/
-    from evit_jax.configs import common
-except ImportError:
-    from configs import common
+from evit_jax.configs import common
 
 # The authors' learning rate per group of 4 images (their per-GPU batch): global lr =
 # base_lr * GPUs, so lr = BASE_LR * batch_size / 4 here.

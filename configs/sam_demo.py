@@ -1,6 +1,6 @@
 """Train EfficientViT-SAM-L0 on the embedded dataset's masks, sized for a 2-core CPU.
 
-`python -m train.main --config configs/sam_demo.py --workdir runs/sam_demo`
+`evit-train --config configs/sam_demo.py --workdir runs/sam_demo`
 
 From `init_variables` weights (no pretrained weights: the demo shows the trainer learning,
 not the authors' checkpoint). Reduced sizes, recorded in the workdir so `load_variables` +
@@ -11,10 +11,7 @@ low-res masks are 64 x 64, the images' own size) instead of 64. Loss on the full
 `batch_size`, `lr`, `points`, `tiny` (the 640-image variant, for tests), `runlocal`.
 """
 
-try:  # installed, configs/ is evit_jax.configs; in a checkout, the top-level configs/
-    from evit_jax.configs import common, sam_common
-except ImportError:
-    from configs import common, sam_common
+from evit_jax.configs import common, sam_common
 
 
 def get_config(arg: str | None = None):

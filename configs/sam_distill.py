@@ -13,10 +13,7 @@ cosine with 5 % warmup, clip by value 2.0. Images are not flipped (stored embedd
 the unflipped image); student and teacher see the same image, each at its encoder size.
 """
 
-try:  # installed, configs/ is evit_jax.configs; in a checkout, the top-level configs/
-    from evit_jax.configs import common, sam_common
-except ImportError:
-    from configs import common, sam_common
+from evit_jax.configs import common, sam_common
 
 
 def get_config(arg: str | None = None):

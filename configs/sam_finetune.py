@@ -8,10 +8,7 @@ instance json + image folder (`coco:IMAGE_ROOT`), an SA-1B-layout folder (`sa1b:
 embedded dataset. The learning rate is the authors' per-4-images rate scaled to the batch.
 """
 
-try:  # installed, configs/ is evit_jax.configs; in a checkout, the top-level configs/
-    from evit_jax.configs import common, sam_common
-except ImportError:
-    from configs import common, sam_common
+from evit_jax.configs import common, sam_common
 
 
 def get_config(arg: str | None = None):

@@ -8,10 +8,7 @@
 value 2.0. TPU-pod commands: docs/sam.md.
 """
 
-try:  # installed, configs/ is evit_jax.configs; in a checkout, the top-level configs/
-    from evit_jax.configs import common, sam_common
-except ImportError:
-    from configs import common, sam_common
+from evit_jax.configs import common, sam_common
 
 SA1B_IMAGES = 11_185_362  # images in SA-1B v1.0 (the train split is 99 % of the ids)
 

@@ -6,12 +6,8 @@ the instance-challenge annotations, not these labels). Training crops 512 x 512 
 rescaled 0.5-2.0x; evaluation with the shorter side at 512 and full-resolution labels.
 """
 
-try:  # installed, configs/ is evit_jax.configs; in a checkout, the top-level configs/
-    from evit_jax.configs import common
-    from evit_jax.configs.seg_common import seg_config
-except ImportError:
-    from configs import common
-    from configs.seg_common import seg_config
+from evit_jax.configs import common
+from evit_jax.configs.seg_common import seg_config
 
 
 def get_config(arg: str | None = None):

@@ -6,12 +6,8 @@ Training crops 1024 x 1024 from images rescaled 0.5-2.0x; evaluation at the nati
 1024 x 2048, mIoU as the reference computes it.
 """
 
-try:  # installed, configs/ is evit_jax.configs; in a checkout, the top-level configs/
-    from evit_jax.configs import common
-    from evit_jax.configs.seg_common import seg_config
-except ImportError:
-    from configs import common
-    from configs.seg_common import seg_config
+from evit_jax.configs import common
+from evit_jax.configs.seg_common import seg_config
 
 
 def get_config(arg: str | None = None):

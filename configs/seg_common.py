@@ -7,10 +7,9 @@ that spirit. Start from converted ImageNet weights with `weights=/path` (only th
 is loaded).
 """
 
-try:  # installed, configs/ is evit_jax.configs; in a checkout, the top-level configs/
-    from evit_jax.configs import common
-except ImportError:
-    from configs import common
+from evit_jax.configs import common
+
+from evit_jax.cli import UserError
 from evit_jax.zoo import model_info
 
 
@@ -19,7 +18,7 @@ def seg_config(a, dataset: str):
     evaluation resize come from its zoo entry."""
     spec = model_info(a.model)
     if spec.task != "seg" or spec.dataset != dataset:
-        raise ValueError(f"expected a model like efficientvit-seg-b1-{dataset}, got {a.model!r}")
+        raise UserError(f"expected a model like efficientvit-seg-b1-{dataset}, got {a.model!r}")
     large = spec.family == "l"
     c = common.base_config()
     c.task = "seg"

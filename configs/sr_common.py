@@ -5,10 +5,7 @@ values below are ours, in the range of the lightweight-SR literature (SwinIR-lig
 of 64, batch 64, 500k iterations), see docs/sr.md.
 """
 
-try:  # installed, configs/ is evit_jax.configs; in a checkout, the top-level configs/
-    from evit_jax.configs import common
-except ImportError:
-    from configs import common
+from evit_jax.configs import common
 
 
 def sr_base(model: str) -> common.mlc.ConfigDict:

@@ -1,15 +1,12 @@
 """SR on the embedded `evit_sr_demo` images, sized for a 2-core CPU (goal: beat bicubic by
 more than 1 dB PSNR-Y on the held-out images within 10 minutes).
 
-`python -m train.main --config configs/sr_demo.py --workdir runs/sr_demo`
+`evit-train --config configs/sr_demo.py --workdir runs/sr_demo`
 Arguments: `steps=N` (default 1500), `model` (default efficientvit-sr-w0.75-x2), `tiny` (the
 12-image variant, for tests), `runlocal`. LR patches 16x16, batch 8, AdamW 2e-3 cosine, L1.
 """
 
-try:  # installed, configs/ is evit_jax.configs; in a checkout, the top-level configs/
-    from evit_jax.configs import common, sr_common
-except ImportError:
-    from configs import common, sr_common
+from evit_jax.configs import common, sr_common
 
 
 def get_config(arg: str | None = None):

@@ -3,14 +3,11 @@
 Train on the first 3000 FFHQ training images, test on the first 500 validation images (the
 paper's split): put the 1024x1024 HR PNGs in `/path/ffhq/train/` (3000) and
 `/path/ffhq/validation/` (500), then
-`python -m train.main --config configs/sr_ffhq.py:root=/path/ffhq --workdir runs/sr_ffhq`.
+`evit-train --config configs/sr_ffhq.py:root=/path/ffhq --workdir runs/sr_ffhq`.
 Arguments: `root`, `width` ("" or "w0.75"), `runlocal`. HR patches 256, batch 32, 200k steps.
 """
 
-try:  # installed, configs/ is evit_jax.configs; in a checkout, the top-level configs/
-    from evit_jax.configs import common, sr_common
-except ImportError:
-    from configs import common, sr_common
+from evit_jax.configs import common, sr_common
 
 
 def get_config(arg: str | None = None):

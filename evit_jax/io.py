@@ -40,7 +40,7 @@ def load_variables(path: str | os.PathLike, model: str | None = None, *,
 
     Args:
       path: a variables directory (`save_variables` / `evit-convert`), a training workdir
-        (`python -m train.main --workdir DIR`: its latest checkpoint), or a checkpoint file
+        (`evit-train --workdir DIR`: its latest checkpoint), or a checkpoint file
         of the authors or timm (`.pt` / `.pth` / `.bin` / `.safetensors`, read without
         torch and converted in memory).
       model: zoo name the weights are for. Checked against the model a directory records

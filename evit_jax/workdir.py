@@ -1,6 +1,6 @@
 """A training workdir as the library reads it: its layout and its inference variables.
 
-`python -m train.main --workdir DIR` writes
+`evit-train --workdir DIR` writes
 
   DIR/run_config.json            {"model", "num_classes", "task", "ema", "config"}
   DIR/checkpoints/<step>/params  {"params", "batch_stats"} of the trained model (orbax)
@@ -28,7 +28,7 @@ class CheckpointError(UserError):
     """A checkpoint that cannot be restored (corrupted, or from another config)."""
 
 
-SAM_TASKS = ("sam", "sam_distill")  # the trainer's SAM tasks (train/sam_task.py)
+SAM_TASKS = ("sam", "sam_distill")  # the trainer's SAM tasks (train/tasks/sam*.py)
 
 
 def checkpoint_dir(workdir: str | os.PathLike) -> str:

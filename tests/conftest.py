@@ -18,6 +18,6 @@ def synth():
 def shapes_dir(tmp_path_factory) -> str:
     """A tfds data_dir holding the tiny embedded set `evit_shapes/tiny` (built once per
     session, or reused from $EVIT_TEST_DATA_DIR to skip the ~10 s build)."""
-    from evit_jax.train.datasets.builder import ensure_built
+    from evit_jax.data.shapes_tfds import ensure_built
     d = os.environ.get("EVIT_TEST_DATA_DIR") or str(tmp_path_factory.mktemp("tfds"))
     return ensure_built("tiny", d)

@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from evit_jax.train import augment
-from evit_jax.train.evaluate import Evaluator, run_eval
+from evit_jax.train.evaluate import run_eval
+from evit_jax.train.evaluator import Evaluator
 from PIL import Image
 
 from tests.helpers import needs_shared
@@ -35,8 +36,8 @@ def test_eval_cli_on_converted_weights_matches_direct_computation(tmp_path, synt
             Image.fromarray(rng.integers(0, 255, (70, 90, 3), np.uint8)).save(
                 root / "val" / cls / f"{i}.png")
     res = run_eval(["--model", "efficientvit-b0", "--weights", path, "--data", f"folder:{root}",
-                    "--split", "val", "--size", "64", "--batch_size", "4", "--num_workers", "0",
-                    "--out", str(tmp_path / "r.json")])
+                    "--split", "val", "--size", "64", "--batch-size", "4", "--num-workers", "0",
+                    "--out", str(tmp_path / "r.json"), "--allow-class-mismatch"])
     assert json.load(open(tmp_path / "r.json")) == res and res["examples"] == 9
 
     # The same numbers by hand: reference preprocessing, the converted model, top-k.
@@ -77,9 +78,9 @@ def test_miou_is_computed_over_the_whole_split():
 def test_segmentation_eval_on_converted_weights(shapes_dir, synth):
     """Converted (synthetic) Cityscapes weights on the embedded masks: the Evaluator's mIoU
     equals a direct computation with the reference's full-resolution bicubic resize."""
-    from evit_jax.train.input_pipeline import make_eval_dataset
+    from evit_jax.configs import seg_cityscapes
+    from evit_jax.train.tasks import get_task
 
-    from configs import seg_cityscapes
     from evit_jax import create_model
     from evit_jax.convert.keymap import convert_state_dict
     from evit_jax.models.seg import resize_logits
@@ -89,7 +90,7 @@ def test_segmentation_eval_on_converted_weights(shapes_dir, synth):
     c.data.name, c.data.data_dir, c.data.eval_examples = "evit_shapes/tiny", shapes_dir, 6
     c.data.num_workers = 0
     c.input.eval_mode, c.input.eval_size = "shorter", 32
-    ds, _, _ = make_eval_dataset(c)
+    ds, _, _ = get_task("seg").eval_data(c)
     items = list(ds)
     model = create_model(name)
     res = Evaluator(model, "seg", 19, batch_size=4).run(v, items)
@@ -99,3 +100,23 @@ def test_segmentation_eval_on_converted_weights(shapes_dir, synth):
     inter = np.array([((pred == k) & (labels == k)).sum() for k in range(19)], float)
     union = np.array([((pred == k) | (labels == k)).sum() for k in range(19)], float)
     assert res["miou"] == pytest.approx((inter[union > 0] / union[union > 0]).mean())
+
+
+def test_a_model_of_other_classes_is_refused(tmp_path, shapes_dir, capsys):
+    """issue 25: a 1000-class model on the 10-class embedded set scored 0.0 top-1 with exit
+    0; now it is a one-line error naming the fix, unless asked for explicitly."""
+    from evit_jax.train.evaluate import main
+
+    import evit_jax
+    model = evit_jax.create_model("efficientvit-b0")  # 1000 classes
+    weights = evit_jax.save_variables(evit_jax.init_variables(model), tmp_path / "b0",
+                                      model="efficientvit-b0")
+    args = ["--weights", str(weights), "--data", "evit_shapes/tiny", "--data-dir", shapes_dir,
+            "--examples", "4", "--batch-size", "4", "--num-workers", "0", "--size", "32"]
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("evit-eval: error: efficientvit-b0 predicts "
+                                               "1000 classes but evit_shapes/tiny has 10")
+    assert "--allow-class-mismatch" in err[0]
+    out = run_eval([*args, "--allow-class-mismatch"])
+    assert out["examples"] == 4 and 0 <= out["top1"] <= 1

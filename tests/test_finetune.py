@@ -53,7 +53,7 @@ def test_mismatches_are_listed_not_silently_skipped(converted):
 
 
 def test_segmentation_takes_only_the_backbone(converted):
-    from configs import seg_cityscapes
+    from evit_jax.configs import seg_cityscapes
     include = seg_cityscapes.get_config().init_include
     fresh = _init(create_model("efficientvit-seg-b0-cityscapes"))
     merged, _ = merge_pretrained(fresh, converted, include=include)

@@ -1,8 +1,9 @@
 """The import graph (docs/architecture.md): layers point one way, and nothing goes in a circle.
 
 Read from the source with `ast` (every import, function-local ones included: a lazy import
-is still an arrow), nothing is imported. `train/` and `configs/` count as `evit_jax.train`
-and `evit_jax.configs`, the names the wheel installs them under.
+is still an arrow), nothing is imported. `train/` and `configs/` are `evit_jax.train` and
+`evit_jax.configs`, the names the wheel installs them under and the only ones they are
+imported by.
 """
 
 from __future__ import annotations
@@ -21,15 +22,10 @@ LAYERS = {
     "evit_jax.models": ("evit_jax.nn", "evit_jax.errors"),
     "evit_jax.zoo": ("evit_jax.models", "evit_jax.nn", "evit_jax.errors"),
 }
-# Known exceptions, each with what would remove it (docs/architecture.md, "What remains").
-# evit-sam-eval reads the embedded dataset through the trainer's tfds builder; the fix is to
-# move train/datasets/{builder,shapes}.py into the library.
-UPWARD_OK = {("evit_jax.sam.eval.data", "evit_jax.train.datasets.builder")}
-# Lazy imports inside train/ (input_pipeline <-> datasets.sr / sam grain helpers, sr_task and
-# sam_task -> evaluate.local_copy, state -> sam_task -> ...) close circles there; the fix is
-# to move those helpers down into modules of their own. A circle that reaches the library is
-# an error.
-CIRCLES_OK_WITHIN = "evit_jax.train."
+# A training task (train/tasks/) builds on what lies below it, never on the loop above.
+ABOVE_TASKS = ("evit_jax.train.trainer", "evit_jax.train.main", "evit_jax.train.evaluate",
+               "evit_jax.train.config_loader")
+
 
 def _modules() -> dict[str, Path]:
     out = {}
@@ -40,6 +36,25 @@ def _modules() -> dict[str, Path]:
                 parts.pop()
             name = ".".join(parts)
             out[MAPPED.get(parts[0], parts[0]) + name[len(parts[0]):]] = path
+    return out
+
+
+def _imported_names() -> dict[str, set[str]]:
+    """Every module -> the absolute names it imports (relative ones resolved)."""
+    out = {}
+    for mod, path in _modules().items():
+        pkg = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = pkg.split(".")[:len(pkg.split(".")) - node.level + 1]
+                    base = ".".join(up + ([base] if base else []))
+                names.add(base)
+        out[mod] = names
     return out
 
 
@@ -104,10 +119,69 @@ def _circles(edges: dict[str, set[str]]) -> list[set[str]]:
     return out
 
 
+def _with_packages(edges: dict[str, set[str]]) -> dict[str, set[str]]:
+    """`edges` plus what importing a module runs first: the `__init__` of every package above
+    it (but the root's, the public facade, and the importer's own packages, already running)."""
+    packages = {m for m, p in _modules().items() if p.name == "__init__.py"}
+    out = {}
+    for mod, targets in edges.items():
+        more = set(targets)
+        for t in targets:
+            parts = t.split(".")
+            for i in range(2, len(parts)):
+                p = ".".join(parts[:i])
+                if p in packages and not (mod == p or mod.startswith(p + ".")):
+                    more.add(p)
+        out[mod] = more
+    return out
+
+
+def _collapsed(edges: dict[str, set[str]], depth: int) -> dict[str, set[str]]:
+    """The graph between the packages (and top modules) `depth` names deep."""
+    name = lambda m: ".".join(m.split(".")[:depth])
+    out: dict[str, set[str]] = {}
+    for mod, targets in edges.items():
+        out.setdefault(name(mod), set()).update(name(t) for t in targets
+                                                if name(t) != name(mod))
+    return out
+
+
 def test_no_circles():
-    circles = [c for c in _circles(_graph())
-               if not all(m.startswith(CIRCLES_OK_WITHIN) for m in c)]
-    assert not circles, f"import circles: {[sorted(c) for c in circles]}"
+    """No circle between modules (counting the package `__init__`s an import runs), nor
+    between the library's packages (`evit_jax.convert` <-> `evit_jax.io` is one even when no
+    two modules form it), nor between the trainer's."""
+    edges = _graph()
+    found = _circles(_with_packages(edges)) + _circles(_collapsed(edges, 2))
+    train = {m: {t for t in ts if t.startswith("evit_jax.train.")}
+             for m, ts in edges.items() if m.startswith("evit_jax.train.")}
+    found += _circles(_collapsed(train, 3))
+    assert not found, f"import circles: {[sorted(c) for c in found]}"
+
+
+def test_one_import_name_for_the_trainer_and_configs():
+    """`evit_jax.train.*` / `evit_jax.configs.*` everywhere (tests included), never the
+    checkout's top-level `train` / `configs`, and no ImportError fallback between the two."""
+    wrong = {m: sorted(n for n in names if n.split(".")[0] in MAPPED)
+             for m, names in _imported_names().items()}
+    assert not {m: n for m, n in wrong.items() if n}
+    for path in [*(ROOT / "tests").glob("*.py")]:
+        tree = ast.parse(path.read_text())
+        bad = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+               and (n.module or "").split(".")[0] in MAPPED and not n.level]
+        bad += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import)
+                for a in n.names if a.name.split(".")[0] in MAPPED]
+        assert not bad, (path.name, bad)
+    for top in MAPPED:
+        for path in (ROOT / top).rglob("*.py"):
+            assert "except ImportError" not in path.read_text() or path.name == "metrics.py", \
+                path  # (metrics.py: TensorBoard files are optional)
+
+
+def test_tasks_sit_below_the_loop():
+    edges = _graph()
+    wrong = [(m, t) for m, targets in edges.items() if m.startswith("evit_jax.train.tasks")
+             for t in targets if t in ABOVE_TASKS]
+    assert not wrong, wrong
 
 
 def test_layers_point_down():
@@ -116,7 +190,7 @@ def test_layers_point_down():
     wrong = []
     for mod, targets in edges.items():
         for t in targets:
-            if not mod.startswith(TOP) and t.startswith(TOP) and (mod, t) not in UPWARD_OK:
+            if not mod.startswith(TOP) and t.startswith(TOP):
                 wrong.append((mod, t))  # the library never imports the trainer or configs
             for layer, allowed in LAYERS.items():
                 if (mod == layer or mod.startswith(layer + ".")) and not (

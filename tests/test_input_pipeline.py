@@ -1,4 +1,5 @@
-"""grain pipelines: determinism, resumable state, host sharding, sources, preprocessing."""
+"""The grain pipeline (train/input_pipeline.py) through the cls / seg tasks: determinism,
+resumable state, host sharding, worker processes, sources, preprocessing."""
 
 from __future__ import annotations
 
@@ -6,11 +7,11 @@ import os
 
 import numpy as np
 import pytest
-from evit_jax.train import augment, input_pipeline
+from evit_jax.configs import demo
+from evit_jax.train import augment
 from evit_jax.train.datasets.sources import CITYSCAPES_LUT, open_source
+from evit_jax.train.tasks import get_task
 from PIL import Image
-
-from configs import demo
 
 
 def _config(shapes_dir, **kw):
@@ -24,34 +25,45 @@ def _config(shapes_dir, **kw):
     return c
 
 
+def _train(c, process_index=0, process_count=1):
+    """The task's stream of this host's batches (input_pipeline.train_stream) and the
+    dataset's class count."""
+    data = get_task(c.task).make_data(c, process_index, process_count)
+    return data.train, data.train_length, data.num_classes
+
+
+def _eval(c, process_index=0, process_count=1):
+    return get_task(c.task).eval_data(c, process_index, process_count)
+
+
 def _take(it, n):
     return [next(it) for _ in range(n)]
 
 
 def test_same_seed_same_batches_and_resume_from_state(shapes_dir):
     c = _config(shapes_dir)
-    a, _, _ = input_pipeline.make_train_iterator(c)
-    b, _, _ = input_pipeline.make_train_iterator(c)
+    a, _, _ = _train(c)
+    b, _, _ = _train(c)
     first = _take(a, 3)
     for x, y in zip(first, _take(b, 3)):
         np.testing.assert_array_equal(x["image"], y["image"])
         np.testing.assert_array_equal(x["label"], y["label"])
     state = a.get_state()
     want = _take(a, 2)
-    fresh, _, _ = input_pipeline.make_train_iterator(c)
+    fresh, _, _ = _train(c)
     fresh.set_state(state)
     for x, y in zip(want, _take(fresh, 2)):
         np.testing.assert_array_equal(x["image"], y["image"])
     c.seed = 1
-    other, _, _ = input_pipeline.make_train_iterator(c)
+    other, _, _ = _train(c)
     assert not np.array_equal(next(other)["image"], first[0]["image"])
 
 
 def test_hosts_split_the_global_batch_in_order(shapes_dir):
     c = _config(shapes_dir)
-    one, _, _ = input_pipeline.make_train_iterator(c, 0, 1)
-    h0, _, _ = input_pipeline.make_train_iterator(c, 0, 2)
-    h1, _, _ = input_pipeline.make_train_iterator(c, 1, 2)
+    one, _, _ = _train(c, 0, 1)
+    h0, _, _ = _train(c, 0, 2)
+    h1, _, _ = _train(c, 1, 2)
     for _ in range(3):
         g, a, b = next(one), next(h0), next(h1)
         assert a["image"].shape[0] == 4
@@ -61,34 +73,34 @@ def test_hosts_split_the_global_batch_in_order(shapes_dir):
 
 def test_multi_resolution_is_per_global_batch(shapes_dir):
     c = _config(shapes_dir, **{"input.train_sizes": (32, 64)})
-    it, _, _ = input_pipeline.make_train_iterator(c)
+    it, _, _ = _train(c)
     sizes = {next(it)["image"].shape[1] for _ in range(8)}
     assert sizes == {32, 64}
 
 
 def test_worker_processes_give_the_same_stream(shapes_dir):
     c = _config(shapes_dir)
-    ref, _, _ = input_pipeline.make_train_iterator(c)
+    ref, _, _ = _train(c)
     c.data.num_workers = 2
-    mp, _, _ = input_pipeline.make_train_iterator(c)
+    mp, _, _ = _train(c)
     for x, y in zip(_take(ref, 3), _take(mp, 3)):
         np.testing.assert_array_equal(x["image"], y["image"])
 
 
 def test_eval_split_is_sharded_and_preprocessed(shapes_dir):
     c = _config(shapes_dir, **{"data.eval_examples": 10})
-    ds, n, k = input_pipeline.make_eval_dataset(c, 0, 1)
+    ds, n, k = _eval(c, 0, 1)
     assert n == 10 and k == 10
     items = list(ds)
     assert len(items) == 10 and items[0]["image"].shape == (32, 32, 3)
-    parts = [list(input_pipeline.make_eval_dataset(c, p, 3)[0]) for p in range(3)]
+    parts = [list(_eval(c, p, 3)[0]) for p in range(3)]
     assert sorted(len(p) for p in parts) == [3, 3, 4]
     np.testing.assert_array_equal(parts[1][0]["image"], items[1]["image"])
 
 
 def test_segmentation_examples_and_label_aware_padding(shapes_dir):
     c = _config(shapes_dir, task="seg", **{"input.crop_size": (96, 96)})
-    it, _, k = input_pipeline.make_train_iterator(c)
+    it, _, k = _train(c)
     b = next(it)
     assert k == 11 and b["image"].shape == (8, 96, 96, 3) and b["label"].shape == (8, 96, 96)
     assert (b["label"] == 255).any(), "padding is marked ignored"
@@ -98,7 +110,7 @@ def test_segmentation_examples_and_label_aware_padding(shapes_dir):
     out, ol = augment.seg_train_crop(img, lab, np.random.default_rng(0), (40, 40), (1.0, 1.0),
                                      hflip=False)
     assert out.size == (40, 40) and (ol[:20, :30] == 1).all() and (ol[20:] == 255).all()
-    ev, _, _ = input_pipeline.make_eval_dataset(c)
+    ev, _, _ = _eval(c)
     e = next(iter(ev))
     assert e["image"].shape == (32, 32, 3) and e["label"].shape == (64, 64), \
         "labels stay at full resolution"

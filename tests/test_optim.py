@@ -8,10 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from evit_jax.configs.common import base_config
 from evit_jax.train.optim import decay_mask, make_optimizer, path_str, warmup_cosine
 from ml_collections import ConfigDict
-
-from configs.common import base_config
 
 
 def _reference_lr(step, lr, warmup, total):

@@ -327,7 +327,7 @@ def test_two_processes_give_the_same_json_as_one(evalset):
 def test_evit_shapes_instances_and_oracle_scores(shapes_dir):
     images = D.shapes_images("evit_shapes/tiny", shapes_dir)[:8]
     assert len(images) == 8
-    from evit_jax.train.datasets.builder import load_split
+    from evit_jax.data.shapes_tfds import load_split
     src = load_split("validation", "tiny", shapes_dir)
     for im in images:
         labels = np.asarray(src[im.index]["mask"])[..., 0]

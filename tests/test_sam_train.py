@@ -1,4 +1,4 @@
-"""SAM fine-tuning and distillation through the trainer (train/sam_task.py)."""
+"""SAM fine-tuning and distillation through the trainer (train/tasks/sam.py, sam_distill.py)."""
 
 import json
 import os
@@ -63,11 +63,10 @@ def _batch(config, n_img=2, m=3):
 @pytest.mark.slow
 def test_multimask_step_backprops_only_the_best_output():
     """(~75 s: three eager forward/backward passes of L0.)"""
-    from evit_jax.train import sam_task
-
-    from configs import sam_common
+    from evit_jax.configs import sam_common
+    from evit_jax.train.tasks import sam as sam_task
     c = sam_common.runlocal(sam_common.sam_base())
-    model = sam_task.build_model(c)
+    model = sam_task.TASK.build_model(c)
     import evit_jax
     v = evit_jax.init_variables(model, 0)
     batch = _batch(c)
@@ -95,8 +94,8 @@ def test_multimask_step_backprops_only_the_best_output():
 def _train(tmp_path, config, workdir, *extra, timeout=900):
     env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
                EVIT_XLA_CACHE=os.environ.get("EVIT_TEST_XLA_CACHE") or str(tmp_path / "xla"))
-    cmd = [sys.executable, "-m", "train.main", "--config", config, "--workdir", str(workdir),
-           "--config.data.num_workers=0", "--config.progress_bar=False", *extra]
+    cmd = [sys.executable, "-m", "evit_jax.train.main", "--config", config, "--workdir",
+           str(workdir), "--config.data.num_workers=0", "--config.progress_bar=False", *extra]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
                        timeout=timeout)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -108,29 +107,39 @@ def _metrics(workdir):
     return [r for r in rows if r.get("split", r.get("kind")) == "train" or "loss" in r]
 
 
-def test_sam_step_reduces_the_loss():
+def test_sam_step_reduces_the_loss_and_keeps_an_ema():
     """The compiled train step of the recipe (point-sampled loss, multimask steps) on one
     fixed batch at a 32 px encoder input: 12 steps cut the loss (measured: mean of the
-    first three 14.49, of the last three 12.45; the run is deterministic). Most of its
-    time is compiling L0's forward and backward pass (~1 min on an idle 2-core CPU)."""
-    from evit_jax.train import optim, trainer
+    first three 14.49, of the last three 12.45; the run is deterministic). With
+    `ema_decay > 0` the step keeps the EMA of the weights (it did not before the one update
+    step, train/step.py), and the state evaluates it. Most of its time is compiling L0's
+    forward and backward pass (~1 min on an idle 2-core CPU)."""
+    from evit_jax.configs import sam_common
+    from evit_jax.train import optim
     from evit_jax.train import state as S
+    from evit_jax.train.step import make_train_step
+    from evit_jax.train.tasks import get_task
 
-    from configs import sam_common
+    from tests.test_train_tasks import assert_ema_of
     c = sam_common.runlocal(sam_common.sam_base())
     c.input.encoder_size, c.sam.grid, c.sam.loss_points = 32, 8, 64
     c.lr, c.total_steps, c.weight_decay = 1e-3, 12, 0.0
-    model = S.build_model(c, 0)
+    c.ema_decay, c.ema_warmup_steps = 0.9, 1
+    task = get_task("sam")
+    model = task.build_model(c, 0)
     tx, sched = optim.make_optimizer(c)
     st, _ = S.init_state(c, model, tx, S.make_mesh())
-    step = jax.jit(trainer.make_train_step(c, model, tx, sched, 0))
+    step = jax.jit(make_train_step(task, c, model, tx, sched, 0))
     batch = _batch(c)
-    losses = []
+    losses, states = [], [jax.device_get(st)]
     for _ in range(c.total_steps):
         st, out = step(st, batch)
         losses.append(float(out["loss"]))
+        if len(states) < 3:
+            states.append(jax.device_get(st))
     assert np.isfinite(losses).all() and int(st.step) == 12
     assert np.mean(losses[-3:]) < 0.9 * np.mean(losses[:3]), losses
+    assert_ema_of(c, states)
 
 
 def _env(tmp_path, shapes_dir=None):
@@ -142,8 +151,8 @@ def _env(tmp_path, shapes_dir=None):
 
 
 def run_train(tmp_path, config, workdir, *extra, shapes_dir=None):
-    cmd = [sys.executable, "-m", "train.main", "--config", config, "--workdir", str(workdir),
-           "--config.data.num_workers=0", "--config.progress_bar=False", *extra]
+    cmd = [sys.executable, "-m", "evit_jax.train.main", "--config", config, "--workdir",
+           str(workdir), "--config.data.num_workers=0", "--config.progress_bar=False", *extra]
     r = subprocess.run(cmd, cwd=ROOT, env=_env(tmp_path, shapes_dir), capture_output=True,
                        text=True, timeout=1800)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -209,11 +218,11 @@ def test_sam_demo_reduced_run_learns_and_serves(tmp_path, shapes_dir):
     """`configs/sam_demo.py:tiny`, 40 steps from init_variables weights: the held-out box
     mIoU rises well above the untrained model's; `load_sam(workdir)` + `SamPredictor` and
     `evit-sam-eval --weights WORKDIR` reproduce the trainer's figure; resume is exact."""
-    from evit_jax.train import sam_task
+    from evit_jax.configs import sam_demo
     from evit_jax.train.datasets.sam_sources import eval_images, open_sam_source
+    from evit_jax.train.tasks import sam as sam_task
 
     import evit_jax
-    from configs import sam_demo
     from evit_jax.sam.eval import cli
     extra = ("--config.data.eval_examples=20", "--config.checkpoint_every_steps=20")
     wd = tmp_path / "wd"
@@ -238,7 +247,7 @@ def test_sam_demo_reduced_run_learns_and_serves(tmp_path, shapes_dir):
 
 
 def test_sam_recipes_follow_the_authors():
-    from configs import sam_distill, sam_finetune, sam_sa1b
+    from evit_jax.configs import sam_distill, sam_finetune, sam_sa1b
     xl = sam_sa1b.get_config("model=efficientvit-sam-xl1,root=/d,batch_size=128")
     assert xl.lr == pytest.approx(4e-7 * 32) and xl.warmup_steps == 0
     assert xl.total_steps == int(2 * 11_185_362 * 0.99 / 128) and xl.data.name == "sa1b:/d"

@@ -13,7 +13,7 @@ from evit_jax.models.sam.prompt_encoder import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, N
 
 
 def _cfg(**sam):
-    from configs import sam_common
+    from evit_jax.configs import sam_common
     c = sam_common.sam_base()
     c.input.encoder_size = 64
     c.sam.num_masks = 4
@@ -139,7 +139,8 @@ def test_embedded_masks_match_the_eval_objects(shapes_dir):
 
 
 def test_train_stream_is_deterministic_and_checkpointable(shapes_dir):
-    from evit_jax.train.datasets.sam import make_sam_data
+    from evit_jax.train.tasks import get_task
+    make_sam_data = get_task("sam").make_data
     c = _cfg()
     c.data.name, c.data.data_dir, c.data.num_workers = "evit_shapes/tiny", shapes_dir, 0
     c.batch_size, c.data.eval_examples = 2, 3

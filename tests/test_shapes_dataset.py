@@ -1,14 +1,23 @@
-"""The embedded dataset: deterministic rendering, a proper tfds build, consistent masks."""
+"""The embedded dataset (evit_jax/data/): deterministic rendering, a proper tfds build,
+consistent masks, and tfds only imported when the dataset is used."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import tensorflow_datasets as tfds
-from evit_jax.train.datasets import shapes
-from evit_jax.train.datasets.builder import as_numpy
+
+from evit_jax.data import shapes
+from evit_jax.data.shapes_tfds import as_numpy
+
+# sha256 of the first 8 rendered examples of each split (image, mask, label bytes): a change
+# of the renderer changes every cached dataset's meaning; bump the tfds VERSION with it.
+RENDERED_SHA256 = "295583ef03b692b0fed333305571ea536a04b6ccc7d206a11b61ad60579ac4cc"
 
 
 def test_render_is_deterministic_and_masks_match_labels():
@@ -27,7 +36,7 @@ def test_render_is_deterministic_and_masks_match_labels():
 def test_every_class_can_be_drawn():
     rng = np.random.default_rng(0)
     for name in shapes.CLASSES:
-        outlines = shapes._polygon(name, rng)
+        outlines = shapes.outline(name, rng)
         assert outlines and all(o.ndim == 2 and o.shape[1] == 2 for o in outlines)
 
 
@@ -46,3 +55,21 @@ def test_tfds_build_and_read_back(shapes_dir):
     images, masks, labels = as_numpy("train", "tiny", shapes_dir)
     counts = np.bincount(labels, minlength=10)
     assert counts.min() > 30, f"classes are balanced enough: {counts}"
+
+
+def test_rendering_is_pinned():
+    h = hashlib.sha256()
+    for split in ("train", "validation"):
+        for i in range(8):
+            image, mask, label = shapes.render(shapes.example_rng(0, split, i))
+            h.update(image.tobytes()), h.update(mask.tobytes()), h.update(bytes([label]))
+    assert h.hexdigest() == RENDERED_SHA256
+
+
+def test_the_library_imports_tfds_only_to_use_the_dataset():
+    code = ("import sys, evit_jax, evit_jax.data.shapes_tfds, evit_jax.sam.eval.data; "
+            "assert 'tensorflow_datasets' not in sys.modules, 'tfds imported'; "
+            "assert not any(m.startswith('evit_jax.train') for m in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert r.returncode == 0, r.stderr[-2000:]

@@ -2,10 +2,11 @@
 
 import numpy as np
 import pytest
-from evit_jax.train.datasets.sr import degrade_window, dihedral, make_sr_data, open_sr_source
+from evit_jax.configs import sr_demo
+from evit_jax.train.datasets.sr import degrade_window, dihedral, open_sr_source
+from evit_jax.train.tasks import get_task
 from PIL import Image
 
-from configs import sr_demo
 from evit_jax.sr.pairs import degrade, mod_crop, pair_lr_files
 
 
@@ -48,7 +49,7 @@ def test_folder_with_lr_dir_and_pairing_errors(tmp_path):
 def test_pipeline_is_deterministic_checkpointable_and_paired():
     c = sr_demo.get_config("tiny,runlocal")
     c.input.sr_augment = False
-    data = make_sr_data(c, 2)
+    data = get_task("sr").make_data(c)
     first = next(data.train)
     assert first["lr"].shape == (8, 16, 16, 3) and first["hr"].shape == (8, 32, 32, 3)
     assert first["lr"].dtype == np.float32 and 0 <= first["hr"].min() <= first["hr"].max() <= 1
@@ -59,14 +60,14 @@ def test_pipeline_is_deterministic_checkpointable_and_paired():
         np.testing.assert_array_equal(np.round(lr * 255)[3:-3, 3:-3], own[3:-3, 3:-3])
     state = data.train.get_state()
     nxt = next(data.train)
-    again = make_sr_data(c, 2)
+    again = get_task("sr").make_data(c)
     again.train.set_state(state)
     np.testing.assert_array_equal(next(again.train)["hr"], nxt["hr"])
     ev = list(data.eval_dataset)
     assert len(ev) == data.eval_length == 2
     assert ev[0]["lr"].dtype == np.uint8 and ev[0]["hr"].shape == (64, 64, 3)
     # Two hosts see disjoint halves of each global batch, in order.
-    h0, h1 = make_sr_data(c, 2, 0, 2), make_sr_data(c, 2, 1, 2)
+    h0, h1 = get_task("sr").make_data(c, 0, 2), get_task("sr").make_data(c, 1, 2)
     both = np.concatenate([next(h0.train)["hr"], next(h1.train)["hr"]])
     np.testing.assert_array_equal(both, first["hr"])
 
@@ -85,7 +86,7 @@ def test_unprepared_tfds_dataset_is_a_clear_error_not_a_download(tmp_path):
     """An unprepared tfds name fails at once with the command that prepares it (tfds would
     otherwise try to download it: minutes of retries on a machine without internet)."""
     pytest.importorskip("tensorflow_datasets")
-    from train.datasets.sources import tfds_source
+    from evit_jax.train.datasets.sources import tfds_source
     with pytest.raises(ValueError, match=r"not prepared .*tfds build div2k/bicubic_x2"):
         tfds_source("div2k/bicubic_x2", "train", str(tmp_path))
     with pytest.raises(ValueError, match="no dataset 'no_such_dataset'"):

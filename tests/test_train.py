@@ -2,10 +2,10 @@
 corrupted checkpoints, the workdir loader, evit-eval on a workdir, and the demo's accuracy on
 a reduced run.
 
-Runs are real `python -m train.main` processes of EfficientViT-B0 on the tiny embedded
-dataset, 1 process x 4 CPU devices unless a test says otherwise (the 2-process run: 2 x 2).
-They share one XLA compilation cache and, except for the demo run, one program (`_cmd`), so
-only the first run of each device layout pays the compile.
+Runs are real `python -m evit_jax.train.main` (= evit-train) processes of EfficientViT-B0 on
+the tiny embedded dataset, 1 process x 4 CPU devices unless a test says otherwise (the
+2-process run: 2 x 2). They share one XLA compilation cache and, except for the demo run, one
+program (`_cmd`), so only the first run of each device layout pays the compile.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def _cmd(workdir: str, steps: int, *extra: str, demo: bool = False) -> list[str]
     `test_two_processes_match_one_process`."""
     exact = ["--config.batch_size=16", "--config.lr=1e-4", "--config.warmup_steps=5",
              "--config.eps=1e-3", "--config.ema_decay=0.9"]  # the EMA is saved and resumed too
-    return [sys.executable, "-m", "train.main", "--config",
+    return [sys.executable, "-m", "evit_jax.train.main", "--config",
             f"configs/demo.py:tiny,steps={steps}" + ("" if demo else ",size=64"),
             "--workdir", str(workdir), "--config.data.num_workers=0",
             "--config.data.eval_examples=32", "--config.eval_batch_size=16",
@@ -91,7 +91,7 @@ def test_cli_writes_checkpoints_metrics_plot_and_summary(reference_run):
 
 def test_workdir_loads_as_inference_variables(reference_run):
     """`evit_jax.load_variables(workdir)` gives the latest checkpoint's EMA weights, ready for
-    `create_model(...).apply`; `import evit_jax` alone is enough (train/ loads lazily)."""
+    `create_model(...).apply`; `import evit_jax` alone is enough (the trainer is not loaded)."""
     import jax
     import jax.numpy as jnp
     from evit_jax.train.checkpoint import load_inference_variables
@@ -108,7 +108,7 @@ def test_workdir_loads_as_inference_variables(reference_run):
     x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 3)), jnp.float32)
     logits = jax.jit(model.apply)(v, x)
     assert logits.shape == (2, 10) and np.isfinite(np.asarray(logits)).all()
-    code = ("import sys, evit_jax; assert 'train' not in sys.modules; "
+    code = ("import sys, evit_jax; assert 'evit_jax.train' not in sys.modules; "
             f"v = evit_jax.load_variables({str(wd)!r}); print(sorted(v))")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                        env=dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu"), timeout=300)
@@ -180,8 +180,8 @@ def test_evit_eval_on_the_workdir_reproduces_the_training_eval(reference_run, sh
     from evit_jax.train.evaluate import run_eval
     wd, _ = reference_run
     res = json.load(open(wd / "eval_results.json"))
-    out = run_eval(["--weights", str(wd), "--data", "evit_shapes/tiny", "--data_dir",
-                    shapes_dir, "--examples", "32", "--batch_size", "16", "--num_workers", "0"])
+    out = run_eval(["--weights", str(wd), "--data", "evit_shapes/tiny", "--data-dir",
+                    shapes_dir, "--examples", "32", "--batch-size", "16", "--num-workers", "0"])
     assert out["model"] == "efficientvit-b0" and out["examples"] == 32
     assert out["top1"] == res["top1"] and out["top5"] == res["top5"]
 
@@ -207,8 +207,8 @@ def test_two_processes_match_one_process(reference_run, env, tmp_path):
     port = _free_port()
     e = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=2")
     procs = [subprocess.Popen(
-        _cmd(multi, 20, "--config.checkpoint_every_steps=5", "--coordinator_address",
-             f"127.0.0.1:{port}", "--num_processes", "2", "--process_id", str(i)),
+        _cmd(multi, 20, "--config.checkpoint_every_steps=5", "--coordinator-address",
+             f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)),
         cwd=ROOT, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for i in range(2)]
     outs = []

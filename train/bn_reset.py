@@ -5,28 +5,25 @@ the evaluation resolution) through the model with every BatchNorm normalising by
 current batch's statistics, and replaces each running mean / variance by the average over
 batches of the batch mean / (biased) variance. Here a method interceptor does the same
 without touching the model code: it records each BatchNorm2d input's statistics (`sow`) and
-lets the layer normalise with them.
+lets the layer normalise with them (layers with a fused inference kernel take their training
+path, so that no BatchNorm is skipped).
 """
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import flax.linen as nn
-import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from evit_jax.nn.norm import BatchNorm2d
 
-from . import input_pipeline
-from .datasets.sources import open_source
 from .optim import path_str
+from .sync import local_copy, sum_over_hosts
 
 
 def _record_bn(next_fun, args, kwargs, context):
@@ -37,6 +34,11 @@ def _record_bn(next_fun, args, kwargs, context):
         mean = xf.mean(axes)
         context.module.sow("intermediates", "bn_stats", (mean, jnp.square(xf - mean).mean(axes)))
         return next_fun(x, True)  # normalise with this batch's statistics
+    if hasattr(context.module, "runs_fused") and context.method_name == "__call__":
+        # In inference a depthwise conv + BN (ConvLayer) or a whole inverted bottleneck
+        # (MBConv) may run as one native kernel that never calls its BatchNorms; their
+        # training path calls them (and is the same computation otherwise, no dropout).
+        return next_fun(args[0], True)
     return next_fun(*args, **kwargs)
 
 
@@ -49,28 +51,17 @@ def batch_statistics(model: Any, variables: dict, images: jax.Array) -> dict[str
     return {path_str(p).rsplit("/bn_stats", 1)[0]: v for p, v in flat}
 
 
-def reset_bn(config: Any, model: Any, variables: dict, pid: int = 0, nproc: int = 1) -> dict:
-    """`variables` with every BatchNorm's running statistics re-estimated on
-    `config.reset_bn_examples` training images (this host's share of them)."""
-    cfg = copy.deepcopy(config)
-    with cfg.unlocked():
-        cfg.input.train_sizes = (config.input.eval_size,)
-        cfg.seed = config.seed + 12345  # a fixed subset, apart from the training stream
-    src, decode, _ = open_source(cfg.data, cfg.data.train_split, cfg.task)
-    n = min(config.reset_bn_examples, len(src))
-    bs = max(config.reset_bn_batch_size // nproc, 1)
-    fn = input_pipeline.train_transform(cfg, decode)
-    ds = grain.MapDataset.source(src).shuffle(seed=cfg.seed)[:n].map_with_index(fn)
-    ds = ds.batch(bs, drop_remainder=False)[pid::nproc]
-
-    from .evaluate import local_copy
+def reset_bn(model: Any, variables: dict, batches: Any) -> dict:
+    """`variables` with every BatchNorm's running statistics replaced by their average over
+    `batches` (this host's share of a fixed set of training images, each batch
+    {"image": [B, H, W, 3], ...}; the average is over every host's images)."""
     mesh = Mesh(np.array(jax.local_devices()), ("batch",))
     host_vars = local_copy(variables)
     dev_vars = jax.device_put(host_vars, NamedSharding(mesh, P()))
     stats_fn = jax.jit(lambda v, x: batch_statistics(model, v, x))
     sums: dict[str, list] = {}
     count = 0
-    for batch in ds:
+    for batch in batches:
         images = batch["image"]
         out = jax.device_get(stats_fn(dev_vars, images))
         w = images.shape[0]
@@ -81,10 +72,7 @@ def reset_bn(config: Any, model: Any, variables: dict, pid: int = 0, nproc: int 
         count += w
     keys = sorted(sums)
     packed = np.concatenate([np.concatenate([sums[k][0], sums[k][1]]) for k in keys] + [[count]])
-    if nproc > 1:
-        from .sync import barrier
-        barrier("bn_stats_done")
-        packed = np.asarray(multihost_utils.process_allgather(packed)).sum(0)
+    packed = sum_over_hosts(packed, "bn_stats_done")
     total = max(packed[-1], 1)
     avg, i = {}, 0
     for k in keys:

@@ -13,6 +13,7 @@ import optax
 from evit_jax.nn.resize import resize
 
 Array = jax.Array
+CLS_LOSSES = ("bce", "ce")
 
 
 def smooth_one_hot(labels: Array, num_classes: int, smoothing: float) -> Array:
@@ -77,7 +78,7 @@ def cls_loss(logits: Array, targets: Array, kind: str) -> Array:
         return optax.sigmoid_binary_cross_entropy(logits, targets).mean()
     if kind == "ce":
         return optax.softmax_cross_entropy(logits, targets).mean()
-    raise ValueError(f"unknown loss {kind!r}; use 'bce' or 'ce'")
+    raise ValueError(f"unknown loss {kind!r}; use one of {CLS_LOSSES}")
 
 
 def seg_loss(logits: Array, labels: Array, ignore: int = 255) -> tuple[Array, Array]:

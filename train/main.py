@@ -1,26 +1,68 @@
-"""`python -m train.main --config configs/demo.py --workdir runs/demo` (or `evit-train`).
+"""`evit-train --config configs/demo.py --workdir runs/demo` (or `python -m evit_jax.train.main`).
 
-Multi-host: every host runs the same command; pass `--coordinator_address HOST:PORT
---num_processes N --process_id I`, or nothing on TPU pods / SLURM (auto-detected).
+`--config FILE.py[:ARGS]` and any number of `--config.FIELD=VALUE` overrides
+(`train.config_loader`). Multi-host: every host runs the same command; pass
+`--coordinator-address HOST:PORT --num-processes N --process-id I`, or nothing on TPU pods /
+SLURM (auto-detected). Exit status (`evit_jax.cli.run`): 0 done, 1 a user error (one line),
+2 a bad command line or config (one line), 130 interrupted, 143 stopped on SIGTERM /
+preemption after saving a checkpoint (rerun the same command to resume).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
+from collections.abc import Sequence
+from typing import Any
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from evit_jax.cli import EXIT_USAGE, UserError, one_line, run
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Training config file (`file.py:args`).",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "Checkpoints, metrics and plots go here; rerun to resume.")
-flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (multi-host).")
-flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
-flags.DEFINE_integer("process_id", None, "Index of this process (multi-host).")
-flags.mark_flags_as_required(["config", "workdir"])
+PROG = "evit-train"
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: "stopped on request, checkpoint saved"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse for the named flags; `--config.*` overrides go to the config loader, and a
+    config that cannot be built is a one-line usage error (exit 2)."""
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:
+        from . import config_loader
+        ns, rest = self.parse_known_args(args, namespace)
+        overrides, i = [], 0
+        while i < len(rest):  # `--config.a=v`, `--config.a v`, `--noconfig.flag`
+            if not config_loader.OVERRIDE.match(rest[i]):
+                self.error(f"unrecognized arguments: {' '.join(rest[i:])}")
+            takes_value = "=" not in rest[i] and not rest[i].lstrip("-").startswith("no")
+            nxt = rest[i + 1] if i + 1 < len(rest) else None
+            step = 2 if takes_value and nxt is not None and not nxt.startswith("--") else 1
+            overrides += rest[i:i + step]
+            i += step
+        try:
+            ns.config = config_loader.load(ns.config, overrides)
+        except UserError as e:
+            print(f"{PROG}: error: {one_line(e)} (see {PROG} --help)", file=sys.stderr)
+            sys.exit(EXIT_USAGE)
+        return ns
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Train (or resume) a model of the zoo; every task, "
+                "one loop (docs/training.md).",
+                epilog="Override any config field with --config.FIELD=VALUE, e.g. "
+                "--config.lr=1e-3 --config.data.num_workers=0.")
+    p.add_argument("--config", required=True, metavar="FILE.py[:ARGS]",
+                   help="training config, e.g. configs/demo.py or "
+                   "configs/cls_imagenet.py:model=efficientvit-b2")
+    p.add_argument("--workdir", required=True,
+                   help="checkpoints, metrics and plots go here; rerun to resume")
+    p.add_argument("--coordinator-address", metavar="HOST:PORT",
+                   help="address of process 0 (multi-host)")
+    p.add_argument("--num-processes", type=int, help="number of processes (multi-host)")
+    p.add_argument("--process-id", type=int, help="index of this process (multi-host)")
+    p.add_argument("--verbosity", type=int, default=None,
+                   help="absl log level of orbax / grain (default: warnings only; 0: info)")
+    return p
 
 
 def _cluster_detected() -> bool:
@@ -30,84 +72,51 @@ def _cluster_detected() -> bool:
             or "MEGASCALE_COORDINATOR_ADDRESS" in env)
 
 
-def init_distributed() -> None:
+def init_distributed(args: argparse.Namespace) -> None:
     """`jax.distributed.initialize` from the flags, or auto-detected on TPU pods / SLURM."""
     import jax
-    if FLAGS.coordinator_address or FLAGS.num_processes:
-        if None in (FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id):
-            raise app.UsageError("--coordinator_address, --num_processes and --process_id go "
-                                 "together")
+    given = (args.coordinator_address, args.num_processes, args.process_id)
+    if any(v is not None for v in given):
+        if None in given:
+            raise UserError("--coordinator-address, --num-processes and --process-id go "
+                            "together")
         # CPU collectives across processes need gloo (harmless on TPU / GPU).
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
-                                   FLAGS.process_id, initialization_timeout=300)
+        jax.distributed.initialize(*given, initialization_timeout=300)
     elif _cluster_detected():
         jax.distributed.initialize()
 
 
-PROG = "evit-train"
-HELP_FLAGS = ("--help", "-?", "--helpshort", "--helpfull")
+def _train(args: argparse.Namespace) -> int:
+    from absl import flags, logging
+    # absl flags are not parsed outside absl.app (orbax and grain read theirs); orbax / grain
+    # log every step of a save at INFO.
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+    logging.set_verbosity(logging.WARNING if args.verbosity is None else args.verbosity)
+    import jax
 
-
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not FLAGS["verbosity"].present:  # orbax / grain log every step of a save at INFO
-        logging.set_verbosity(logging.WARNING)
-    from evit_jax.cli import EXIT_INTERRUPTED, EXIT_USER_ERROR, USER_ERRORS, one_line
-
+    from .tasks import get_task
     from .trainer import Preempted, train_and_evaluate
+    init_distributed(args)
     try:
-        init_distributed()
-        res = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        res = train_and_evaluate(args.config, args.workdir)
     except Preempted as e:
         print(e, flush=True)
-        sys.exit(PREEMPTED_EXIT_CODE)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
-    except USER_ERRORS as e:  # the same one-line report as every evit-* command
-        if os.environ.get("EVIT_TRACEBACK"):
-            raise
-        print(f"{PROG}: error: {one_line(e)}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
-    import jax
+        return PREEMPTED_EXIT_CODE
     if jax.process_index() == 0:
-        metric = ", ".join(f"{k} {100 * res[k]:.2f}%" for k in ("top1", "top5", "miou")
-                           if k in res)
-        if "psnr_y" in res:  # SR: dB and SSIM, next to bicubic's
-            metric = (f"PSNR-Y {res['psnr_y']:.2f} dB, SSIM-Y {res['ssim_y']:.4f} (bicubic "
-                      f"{res['bicubic_psnr_y']:.2f} dB, {res['bicubic_ssim_y']:.4f})")
-        print(f"\nDone: step {res['step']} | {metric} | {res['img_per_s']:.1f} img/s "
-              f"(training, median)\n  checkpoint: {res['checkpoint']}\n  plot:       "
-              f"{res['plot']}\n  metrics:    {os.path.join(FLAGS.workdir, 'metrics.jsonl')}, "
-              f"eval_results.json, tb/", flush=True)
+        print(f"\nDone: step {res['step']} | {get_task(args.config.task).summary(res)} | "
+              f"{res['img_per_s']:.1f} img/s (training, median)\n  checkpoint: "
+              f"{res['checkpoint']}\n  plot:       {res['plot']}\n  metrics:    "
+              f"{os.path.join(args.workdir, 'metrics.jsonl')}, eval_results.json, tb/",
+              flush=True)
+    return 0
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing, reported like every evit-* command: a bad flag is one line and
-    exit status 2, `--help` exits 0."""
-    from evit_jax.cli import EXIT_USAGE, one_line
-    try:
-        return FLAGS(argv)
-    except flags.Error as e:
-        print(f"{PROG}: error: {one_line(e)} (see {PROG} --help)", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
-    except SystemExit:  # absl's help flags exit with status 1
-        if any(a in HELP_FLAGS for a in argv[1:]):
-            sys.exit(0)
-        raise
-
-
-def run() -> None:
-    """Console-script entry point (`evit-train`); exit status 0 ok, 1 user error, 2 bad
-    flag, 130 interrupted, 143 stopped on SIGTERM / preemption with a checkpoint saved."""
-    # absl's --help lists the flags of the program's main module (sys.argv[0]); under a console
-    # script that is the generated wrapper, so name this module's flags as its key flags.
-    for name in ("config", "workdir", "coordinator_address", "num_processes", "process_id"):
-        FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
-    app.run(main, flags_parser=parse_flags)
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console-script entry point (`evit-train`); returns the exit status (module doc)."""
+    return run(PROG, build_parser(), _train, argv)
 
 
 if __name__ == "__main__":
-    run()
+    raise SystemExit(main())

@@ -96,8 +96,10 @@ class Progress:
             self.bar.close()
 
 
-def plot_curves(workdir: str, out: str | None = None) -> str | None:
-    """PNG of training loss and train / eval accuracy (or mIoU) against the step."""
+def plot_curves(workdir: str, percent: tuple[str, ...] = ("top1", "top5", "miou"),
+                out: str | None = None) -> str | None:
+    """PNG of training loss and train / eval accuracy (or mIoU) against the step; the eval
+    metrics named in `percent` are fractions (shown x100), the others already percent."""
     path = os.path.join(workdir, "metrics.jsonl")
     if not os.path.exists(path):
         return None
@@ -124,12 +126,8 @@ def plot_curves(workdir: str, out: str | None = None) -> str | None:
         ax1.plot([r["step"] for r in train if "train_iou" in r],
                  [100 * r["train_iou"] for r in train if "train_iou" in r],
                  label="train mask IoU (batch)")
-    # SAM runs (train/sam_task.py) report eval mIoU in percent already, seg runs as a fraction.
-    from evit_jax.workdir import read_run_config
-    sam = read_run_config(workdir).get("task") in ("sam", "sam_distill")
     for key, name in (("top1", "eval top-1"), ("top5", "eval top-5"), ("miou", "eval mIoU")):
-        pts = [(r["step"], (1 if sam and key == "miou" else 100) * r[key]) for r in ev
-               if key in r]
+        pts = [(r["step"], (100 if key in percent else 1) * r[key]) for r in ev if key in r]
         if pts:
             ax1.plot(*zip(*pts), "o-", label=name)
     ax1.set_xlabel("step")

@@ -17,7 +17,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from evit_jax.zoo import create_model, init_variables
+from evit_jax.cli import UserError
+from evit_jax.zoo import init_variables
 
 from .optim import path_str
 
@@ -44,8 +45,8 @@ class TrainState:
 def make_mesh(model_parallel: int = 1) -> Mesh:
     devs = np.array(jax.devices())
     if len(devs) % model_parallel:
-        raise ValueError(f"{len(devs)} devices cannot be split into model groups of "
-                         f"{model_parallel}")
+        raise UserError(f"{len(devs)} devices cannot be split into model groups of "
+                        f"{model_parallel} (config.model_parallel)")
     return Mesh(devs.reshape(-1, model_parallel), ("data", "model"))
 
 
@@ -56,20 +57,6 @@ def leaf_sharding(mesh: Mesh, x: Any, min_size: int = 2**18) -> NamedSharding:
     if m > 1 and len(shape) >= 2 and shape[-1] % m == 0 and np.prod(shape) >= min_size:
         return NamedSharding(mesh, P(*([None] * (len(shape) - 1)), "model"))
     return NamedSharding(mesh, P())
-
-
-def build_model(config: Any, num_classes: int, train: bool = True) -> Any:
-    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.dtype]
-    if config.task in ("sam", "sam_distill"):  # train/sam_task.py: maybe reduced sizes
-        from .sam_task import build_model as build_sam
-        return build_sam(config)
-    if config.task == "sr":  # no classes, no stochastic depth
-        return create_model(config.model, dtype=dtype)
-    kw = dict(num_classes=num_classes)
-    if train:
-        kw.update(drop_path=config.drop_path, drop_path_skip=config.drop_path_skip,
-                  zero_init_last=config.zero_init_last)
-    return create_model(config.model, dtype=dtype, **kw)
 
 
 def merge_pretrained(fresh: dict, loaded: dict, include: str = "",
@@ -97,7 +84,7 @@ def merge_pretrained(fresh: dict, loaded: dict, include: str = "",
     unused = [k for k in flat_l if wanted(k) and k not in flat_f]
     errors += [f"not in the model: {k}" for k in unused if not excluded(k)]
     if errors:
-        raise ValueError("pretrained weights do not fit the model (use config.init_exclude / "
+        raise UserError("pretrained weights do not fit the model (use config.init_exclude / "
                          "init_include to leave parts fresh):\n  " + "\n  ".join(errors))
     merged = jax.tree_util.tree_map_with_path(
         lambda p, v: jnp.asarray(taken.get(path_str(p), v), v.dtype), fresh)

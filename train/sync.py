@@ -1,4 +1,4 @@
-"""Cross-host barriers that tolerate slow hosts.
+"""What the hosts of a multi-host run share: barriers that tolerate slow hosts, host copies.
 
 On CPU, JAX's cross-process collectives run on gloo, which gives up when a peer is more than
 ~30 s late; a host that is still compiling (tens of seconds on a busy CPU) is that late. So
@@ -10,8 +10,10 @@ Orbax is told to use the same kind of barrier. Single-process runs skip all of t
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import jax
+import numpy as np
 
 TIMEOUT_MS = 60 * 60 * 1000  # compiling a big model on a busy host can take many minutes
 _counter = itertools.count()
@@ -35,6 +37,29 @@ def use_distributed_barriers_in_orbax() -> None:
     import orbax.checkpoint  # noqa: F401 - defines the flag
     from absl import flags
     flags.FLAGS.experimental_orbax_use_distributed_barrier = True
+
+
+def local_copy(tree: Any) -> Any:
+    """Host numpy copy of (possibly multi-host) arrays."""
+    from jax.experimental import multihost_utils
+
+    def one(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            if x.is_fully_replicated:
+                return np.asarray(x.addressable_data(0))
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(x)
+    return jax.tree.map(one, tree)
+
+
+def sum_over_hosts(values: np.ndarray, name: str) -> np.ndarray:
+    """`values` summed over the hosts (after a barrier: hosts finish their shares of an
+    evaluation at different times); `values` itself with one host."""
+    if jax.process_count() == 1:
+        return values
+    from jax.experimental import multihost_utils
+    barrier(name)
+    return np.asarray(multihost_utils.process_allgather(values)).sum(0)
 
 
 class Compiled:

@@ -18,24 +18,23 @@ Distillation examples are `image` plus the teacher's target: `teacher` float32 [
 (a directory of `<image_id>.npy`) or `teacher_image` float32 [St, St, 3] (a zoo teacher,
 encoded in the train step). No flip then: stored embeddings are of the unflipped image.
 
-The stream is built as the classification one (`train.input_pipeline`): global shuffle ->
-repeat -> per-example transform -> local batches -> host p keeps batches p, p + n, ...
+The trainer's stream is `train.input_pipeline.train_stream` of these transforms (the SAM
+tasks, train/tasks/sam.py and sam_distill.py).
 """
 
 from __future__ import annotations
 
-import functools
 import os
 from typing import Any
 
-import grain
 import numpy as np
 from PIL import Image
 
+from evit_jax.errors import UserFileNotFoundError
 from evit_jax.models.sam.prompt_encoder import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, NOT_A_POINT, PAD
 from evit_jax.sam.transforms import preprocess, preprocess_shape
 
-from .sam_sources import eval_images, gt_mask, open_sam_source
+from .sam_sources import gt_mask
 
 MAX_CLICKS = 10
 TOKENS = MAX_CLICKS + 1  # the clicks and segment-anything's padding point
@@ -125,8 +124,8 @@ def distill_example(rec: dict, cfg: Any) -> dict[str, np.ndarray]:
     if cfg.distill.teacher_dir:
         path = os.path.join(cfg.distill.teacher_dir, f"{rec['image_id']}.npy")
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"teacher embedding {path!r} missing (one "
-                                    "<image_id>.npy [64, 64, 256] per image; docs/sam.md)")
+            raise UserFileNotFoundError(f"teacher embedding {path!r} missing (one "
+                                        "<image_id>.npy [64, 64, 256] per image; docs/sam.md)")
         emb = np.load(path).astype(np.float32)
         out["teacher"] = emb.reshape(emb.shape[-3:]) if emb.ndim == 4 else emb
     else:
@@ -134,35 +133,18 @@ def distill_example(rec: dict, cfg: Any) -> dict[str, np.ndarray]:
     return out
 
 
-def _transform(cfg: Any, distill: bool):
+def train_transform(cfg: Any):
+    """(stream index, source record) -> a fine-tuning example (seeded by the index)."""
     seed = cfg.seed
 
     def fn(index: int, rec: dict) -> dict:
-        if distill:
-            return distill_example(rec, cfg)
         return sam_example(rec, cfg, np.random.default_rng([seed, 11, index]))
     return fn
 
 
-def make_sam_data(config: Any, process_index: int = 0, process_count: int = 1):
-    """The trainer's `Data` for `task = "sam"` / `"sam_distill"`: this host's train batches
-    and the held-out images (`EvalImage`s, all of them; the evaluator takes its share)."""
-    from ..input_pipeline import Data, _enable_workers, _exit_with_parent, _read_options
-    src = open_sam_source(config.data, config.data.train_split)
-    if config.batch_size % process_count:
-        raise ValueError(f"batch_size {config.batch_size} is not divisible by the "
-                         f"{process_count} hosts")
-    local = config.batch_size // process_count
-    ds = grain.MapDataset.source(src).shuffle(seed=config.seed).repeat()
-    ds = ds.map_with_index(_transform(config, config.task == "sam_distill"))
-    ds = ds.batch(local, drop_remainder=True)[process_index::process_count]
-    ds = ds.to_iter_dataset(_read_options(config))
-    if config.data.num_workers > 0:
-        _enable_workers()
-        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.data.num_workers),
-                            worker_init_fn=functools.partial(_exit_with_parent, os.getpid()))
-    ev_src = open_sam_source(config.data, config.data.eval_split)
-    ev = eval_images(ev_src, config.data.eval_examples)
-    if config.task == "sam_distill":  # the evaluator needs the same inputs as training
-        ev = [(im, distill_example(ev_src[im.index], config)) for im in ev]
-    return Data(iter(ds), len(src), ev, len(ev), None)
+def distill_transform(cfg: Any):
+    """(stream index, source record) -> a distillation example (no randomness)."""
+    def fn(index: int, rec: dict) -> dict:
+        del index
+        return distill_example(rec, cfg)
+    return fn

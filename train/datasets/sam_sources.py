@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from evit_jax.cli import UserError
+from evit_jax.errors import UserFileNotFoundError
 from evit_jax.sam.eval.data import EvalImage, gt_mask, image_file, shapes_instances
 
 TRAIN_FRACTION = 0.99  # the authors' SA-1B id split
@@ -38,7 +40,7 @@ SHAPES_TRAIN_ID_OFFSET = 1_000_000  # distinct ids for the two splits (teacher .
 
 def _load_rgb(path: str) -> np.ndarray:
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"image {path!r} not found")
+        raise UserFileNotFoundError(f"image {path!r} not found")
     with Image.open(path) as im:
         return np.asarray(im.convert("RGB"))
 
@@ -47,7 +49,7 @@ def split_ids(ids: list, split: str) -> list:
     """The authors' split of an id list: first 99 % train, the rest validation."""
     cut = int(len(ids) * TRAIN_FRACTION)
     if split not in ("train", "validation"):
-        raise ValueError(f"split must be 'train' or 'validation', got {split!r}")
+        raise UserError(f"split must be 'train' or 'validation', got {split!r}")
     return ids[:cut] if split == "train" else ids[cut:]
 
 
@@ -55,7 +57,7 @@ class ShapesSource:
     """The embedded dataset's split; objects from its per-pixel labels."""
 
     def __init__(self, split: str, config: str = "default", data_dir: str | None = None):
-        from .builder import load_split
+        from evit_jax.data.shapes_tfds import load_split
         self.src = load_split(split, config, data_dir)
         self.id_offset = SHAPES_TRAIN_ID_OFFSET if split == "train" else 0
 
@@ -73,12 +75,12 @@ class CocoSource:
 
     def __init__(self, image_root: str, annotations: str, split: str | None = None):
         if not os.path.isfile(annotations):
-            raise FileNotFoundError(f"data.annotations {annotations!r} not found")
+            raise UserFileNotFoundError(f"data.annotations {annotations!r} not found")
         with open(annotations) as f:
             gt = json.load(f)
         if not isinstance(gt, dict) or "images" not in gt or "annotations" not in gt:
-            raise ValueError(f"{annotations}: not a COCO instance json (needs 'images' and "
-                             "'annotations')")
+            raise UserError(f"{annotations}: not a COCO instance json (needs 'images' and "
+                            "'annotations')")
         by_image: dict[int, list] = {}
         for a in gt["annotations"]:
             if not a.get("iscrowd", 0):
@@ -89,7 +91,7 @@ class CocoSource:
                        int(im["height"]), int(im["width"]), by_image.get(im["id"], []))
                       for im in images]
         if not self.items:
-            raise ValueError(f"{annotations}: no images in this split")
+            raise UserError(f"{annotations}: no images in this split")
 
     def __len__(self) -> int:
         return len(self.items)
@@ -112,7 +114,7 @@ class Sa1bSource:
 
     def __init__(self, root: str, split: str):
         if not os.path.isdir(root):
-            raise FileNotFoundError(f"SA-1B root {root!r} is not a directory")
+            raise UserFileNotFoundError(f"SA-1B root {root!r} is not a directory")
         listed = os.path.join(root, "sa_images_ids.txt")
         if os.path.isfile(listed):
             with open(listed) as f:
@@ -123,7 +125,7 @@ class Sa1bSource:
             ids = sorted({re.sub(r"^sa_|\.json$", "", os.path.basename(p)) for p in found},
                          key=lambda s: (len(s), s))
         if not ids:
-            raise FileNotFoundError(f"no sa_<id>.json under {root!r} (nor masks/)")
+            raise UserFileNotFoundError(f"no sa_<id>.json under {root!r} (nor masks/)")
         self.root, self.ids = root, split_ids(ids, split)
 
     def __len__(self) -> int:
@@ -147,16 +149,16 @@ def open_sam_source(data: Any, split: str) -> Any:
     if name.startswith("coco:"):
         root = name[len("coco:"):]
         if not data.annotations:
-            raise ValueError("data.name='coco:IMAGE_ROOT' needs data.annotations (the "
-                             "instances json)")
+            raise UserError("data.name='coco:IMAGE_ROOT' needs data.annotations (the "
+                            "instances json)")
         if split == "validation" and data.eval_annotations:
             return CocoSource(data.eval_image_root or root, data.eval_annotations)
         held_out = not data.eval_annotations
         return CocoSource(root, data.annotations, split if held_out else None)
     if name.startswith("sa1b:"):
         return Sa1bSource(name[len("sa1b:"):], split)
-    raise ValueError(f"data.name={name!r} is not a SAM source; use evit_shapes[/tiny], "
-                     "coco:IMAGE_ROOT (+ data.annotations) or sa1b:ROOT")
+    raise UserError(f"data.name={name!r} is not a SAM source; use evit_shapes[/tiny], "
+                    "coco:IMAGE_ROOT (+ data.annotations) or sa1b:ROOT")
 
 
 def eval_images(src: Any, limit: int = 0) -> list[EvalImage]:

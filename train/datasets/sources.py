@@ -24,6 +24,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from evit_jax.cli import UserError
+from evit_jax.errors import UserFileNotFoundError
+
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".JPEG", ".JPG", ".PNG")
 IGNORE = 255
 
@@ -60,14 +63,14 @@ class FileSource:
 def _folder(root: str, split: str) -> tuple[FileSource, list[str]]:
     d = os.path.join(root, split)
     if not os.path.isdir(d):
-        raise FileNotFoundError(f"ImageFolder split {d!r} does not exist; expected "
-                                f"{root}/<split>/<class>/<image> (set data.train_split / "
-                                f"data.eval_split to the split folder names)")
+        raise UserFileNotFoundError(f"ImageFolder split {d!r} does not exist; expected "
+                                    f"{root}/<split>/<class>/<image> (set data.train_split / "
+                                    f"data.eval_split to the split folder names)")
     classes = sorted(c for c in os.listdir(d) if os.path.isdir(os.path.join(d, c)))
     items = [(os.path.join(d, c, f), k) for k, c in enumerate(classes)
              for f in sorted(os.listdir(os.path.join(d, c))) if f.endswith(IMAGE_EXTS)]
     if not items:
-        raise FileNotFoundError(f"no images found under {d!r}")
+        raise UserFileNotFoundError(f"no images found under {d!r}")
     return FileSource(items), classes
 
 
@@ -75,8 +78,8 @@ def _ade20k(root: str, split: str) -> FileSource:
     img_dir, ann_dir = os.path.join(root, "images", split), os.path.join(root, "annotations",
                                                                          split)
     if not os.path.isdir(img_dir) or not os.path.isdir(ann_dir):
-        raise FileNotFoundError(f"expected {img_dir} and {ann_dir} (ADEChallengeData2016 "
-                                f"layout; splits 'training' and 'validation')")
+        raise UserFileNotFoundError(f"expected {img_dir} and {ann_dir} (ADEChallengeData2016 "
+                                    f"layout; splits 'training' and 'validation')")
     names = sorted(f[:-4] for f in os.listdir(img_dir) if f.endswith(".jpg"))
     return FileSource([(os.path.join(img_dir, n + ".jpg"), os.path.join(ann_dir, n + ".png"))
                        for n in names])
@@ -97,10 +100,10 @@ def tfds_source(name: str, split: str, data_dir: str | None) -> Any:
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError:
-        raise ValueError(f"tfds has no dataset {name!r}: check data.name (tfds names such as "
-                         "'div2k/bicubic_x2', or images:/folder)") from None
+        raise UserError(f"tfds has no dataset {name!r}: check data.name (tfds names such as "
+                        "'div2k/bicubic_x2', or images:/folder)") from None
     if not builder.is_prepared():
-        raise ValueError(
+        raise UserError(
             f"tfds {name!r} is not prepared under {builder.data_dir}: prepare it once with "
             f"`tfds build {name} --data_dir DIR --file_format array_record` and set "
             "data.data_dir=DIR")
@@ -114,17 +117,17 @@ def open_source(data: Any, split: str, task: str
     if name.startswith("folder:"):
         src, classes = _folder(name[len("folder:"):], split)
         if task != "cls":
-            raise ValueError("an ImageFolder tree only has image labels: use task 'cls'")
+            raise UserError("an ImageFolder tree only has image labels: use task 'cls'")
         return src, lambda r: {"image": _rgb(r[0]), "label": int(r[1])}, len(classes)
     if name.startswith("ade20k:"):
         src = _ade20k(name[len("ade20k:"):], split)
         return src, lambda r: {"image": _rgb(r[0]), "label": _ade_label(r[1])}, 150
     if name.split("/")[0] == "scene_parse150":
-        raise ValueError("tfds 'scene_parse150' stores the 100-category *instance* annotations "
-                         "of the Places challenge, not ADE20K's 150-class semantic labels; "
-                         "point data.name at 'ade20k:/path/to/ADEChallengeData2016' instead")
+        raise UserError("tfds 'scene_parse150' stores the 100-category *instance* annotations "
+                        "of the Places challenge, not ADE20K's 150-class semantic labels; "
+                        "point data.name at 'ade20k:/path/to/ADEChallengeData2016' instead")
     if name.split("/")[0] == "evit_shapes":
-        from .builder import load_split
+        from evit_jax.data.shapes_tfds import load_split
         config = name.split("/")[1] if "/" in name else "default"
         src = load_split(split, config, data.data_dir or None)
         if task == "seg":  # background 0, shape k -> k + 1: 11 classes

@@ -1,4 +1,4 @@
-"""Paired LR/HR data for super-resolution: sources, the degradation, and grain pipelines.
+"""Paired LR/HR data for super-resolution: sources, the degradation, the per-example transforms.
 
 `data.name` (the LR images are made from HR with MATLAB-exact bicubic, `evit_jax.sr.imresize`,
 rounded to uint8 like the LR files of the benchmarks, unless given):
@@ -12,10 +12,9 @@ rounded to uint8 like the LR files of the benchmarks, unless given):
 - any tfds name with `hr` / `lr` image features, read with `tfds.data_source`, e.g.
   `div2k/bicubic_x2` (splits `train`, `validation`).
 
-Training stream, as `train.input_pipeline` (deterministic from the seed whatever the host count,
-checkpointable): shuffle -> repeat -> random HR patch (at LR-aligned offsets) + its LR patch ->
-one of the 8 flips/rotations -> local batches -> host p keeps batches p, p + n, ...
-Examples: `{"lr": float32 [p/s, p/s, 3], "hr": float32 [p, p, 3]}` in [0, 1].
+Training examples (streamed by `train.input_pipeline.train_stream`, the SR task's data): a
+random HR patch (at LR-aligned offsets) + its LR patch, one of the 8 flips / rotations,
+`{"lr": float32 [p/s, p/s, 3], "hr": float32 [p, p, 3]}` in [0, 1].
 Evaluation: whole images, HR cropped to a multiple of the scale (BasicSR's `mod_crop`),
 `{"lr": uint8 [h, w, 3], "hr": uint8 [s*h, s*w, 3]}`.
 """
@@ -28,13 +27,13 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-import grain
 import numpy as np
 from PIL import Image, ImageDraw
 
+from evit_jax.cli import UserError
+from evit_jax.data import shapes
 from evit_jax.sr.pairs import check_pair, degrade, list_images, mod_crop, pair_lr_files
 
-from . import shapes
 from .sources import FileSource, _rgb, tfds_source
 
 DEMO_SIZES = {"default": {"train": (96, 128), "validation": (8, 128)},  # (images, side)
@@ -60,7 +59,7 @@ def _fine_texture(rng: np.random.Generator, big: int) -> np.ndarray:
     """`[big, big, 3]` float texture with detail near the LR Nyquist limit: fine stripes or
     checks (periods of 3-12 output pixels) half the time, else the shapes set's texture."""
     if rng.random() < 0.5:
-        return shapes._texture(rng, big)
+        return shapes.texture(rng, big)
     c0, c1 = rng.random(3), rng.random(3)
     yy, xx = np.mgrid[0:big, 0:big].astype(np.float32) / _SS  # in output pixels
     a, period = rng.uniform(0, np.pi), rng.uniform(3, 12)
@@ -78,9 +77,9 @@ def render_demo(rng: np.random.Generator, size: int) -> np.ndarray:
     value noise, stripes, checks, gradients) with 3-6 outlined, textured shapes and thin
     strokes; no blur and no noise, so there is detail for SR to restore."""
     big = size * _SS
-    img = shapes._to_image(_fine_texture(rng, big), big)
+    img = shapes.to_image(_fine_texture(rng, big), big)
     draw = ImageDraw.Draw(img)
-    shapes._clutter(draw, rng, big, int(rng.integers(2, 6)))
+    shapes.clutter(draw, rng, big, int(rng.integers(2, 6)))
     for _ in range(int(rng.integers(3, 7))):
         kind = shapes.CLASSES[int(rng.integers(len(shapes.CLASSES)))]
         radius = rng.uniform(0.08, 0.3) * big
@@ -88,11 +87,11 @@ def render_demo(rng: np.random.Generator, size: int) -> np.ndarray:
         angle = rng.uniform(0, 2 * np.pi)
         mask = Image.new("L", (big, big), 0)
         md = ImageDraw.Draw(mask)
-        polys = [[tuple(p) for p in shapes._rotate(poly, angle) * radius + centre]
-                 for poly in shapes._polygon(kind, rng)]
+        polys = [[tuple(p) for p in shapes.rotate(poly, angle) * radius + centre]
+                 for poly in shapes.outline(kind, rng)]
         for k, pts in enumerate(polys):
             md.polygon(pts, fill=255 if k == 0 else 0)
-        fill = shapes._to_image(_fine_texture(rng, big), big)
+        fill = shapes.to_image(_fine_texture(rng, big), big)
         img = Image.composite(fill, img, mask)
         draw = ImageDraw.Draw(img)
         if rng.random() < 0.7:
@@ -107,7 +106,7 @@ def demo_images(split: str, variant: str = "default", seed: int = 0) -> tuple[np
     """The embedded demo split (deterministic: image i depends only on (seed, split, i))."""
     sizes = DEMO_SIZES[variant]
     if split not in sizes:
-        raise ValueError(f"evit_sr_demo has splits {sorted(sizes)}, not {split!r}")
+        raise UserError(f"evit_sr_demo has splits {sorted(sizes)}, not {split!r}")
     n, size = sizes[split]
     return tuple(render_demo(np.random.default_rng([seed, 7, len(split), i]), size)
                  for i in range(n))
@@ -139,7 +138,7 @@ def open_sr_source(data: Any, split: str, scale: int
     if name.split("/")[0] == "evit_sr_demo":
         variant = name.split("/")[1] if "/" in name else "default"
         if variant not in DEMO_SIZES:
-            raise ValueError(f"evit_sr_demo variants: {sorted(DEMO_SIZES)}, not {variant!r}")
+            raise UserError(f"evit_sr_demo variants: {sorted(DEMO_SIZES)}, not {variant!r}")
         return ArraySource(demo_images(split, variant)), lambda r: (r, None)
     if name.startswith("images:"):
         hr_files = list_images(_image_dir(name[len("images:"):], split))
@@ -151,8 +150,8 @@ def open_sr_source(data: Any, split: str, scale: int
     src = tfds_source(name, split, data.data_dir or None)
     keys = set(src.dataset_info.features.keys())
     if "hr" not in keys:
-        raise ValueError(f"tfds {name!r} has features {sorted(keys)}; SR needs 'hr' (and "
-                         f"optionally 'lr') images")
+        raise UserError(f"tfds {name!r} has features {sorted(keys)}; SR needs 'hr' (and "
+                        f"optionally 'lr') images")
     return src, lambda r: (_rgb(r["hr"]), _rgb(r["lr"]) if "lr" in keys else None)
 
 
@@ -162,19 +161,19 @@ def dihedral(x: np.ndarray, k: int) -> np.ndarray:
     return np.ascontiguousarray(x[:, ::-1] if k >= 4 else x)
 
 
-# -------------------------------------------------------------------------------- pipelines
+# ------------------------------------------------------------------------------- transforms
 def train_transform(config: Any, decode: Callable, scale: int) -> Callable[[int, Any], dict]:
     """(stream index, record) -> {"lr", "hr"} random patch pair, float32 in [0, 1]."""
     p, seed, aug = config.input.patch_size, config.seed, config.input.sr_augment
     if p % scale:
-        raise ValueError(f"input.patch_size={p} must be a multiple of the scale {scale}")
+        raise UserError(f"input.patch_size={p} must be a multiple of the scale {scale}")
 
     def fn(index: int, record: Any) -> dict:
         hr, lr = decode(record)
         hr = mod_crop(hr, scale)
         if min(hr.shape[:2]) < p:
-            raise ValueError(f"an HR image of {hr.shape[0]}x{hr.shape[1]} is smaller than "
-                             f"input.patch_size={p}")
+            raise UserError(f"an HR image of {hr.shape[0]}x{hr.shape[1]} is smaller than "
+                            f"input.patch_size={p}")
         rng = np.random.default_rng([seed, 1, index])
         ty = int(rng.integers(0, (hr.shape[0] - p) // scale + 1))
         tx = int(rng.integers(0, (hr.shape[1] - p) // scale + 1))
@@ -202,26 +201,3 @@ def eval_transform(decode: Callable, scale: int) -> Callable[[Any], dict]:
         return {"lr": lr, "hr": hr}
 
     return fn
-
-
-def make_sr_data(config: Any, scale: int, process_index: int = 0, process_count: int = 1):
-    """`train.input_pipeline.Data` of an SR config (num_classes None)."""
-    from ..input_pipeline import Data, _enable_workers, _read_options
-
-    src, decode = open_sr_source(config.data, config.data.train_split, scale)
-    if config.batch_size % process_count:
-        raise ValueError(f"batch_size {config.batch_size} is not divisible by the "
-                         f"{process_count} hosts")
-    local = config.batch_size // process_count
-    ds = grain.MapDataset.source(src).shuffle(seed=config.seed).repeat()
-    ds = ds.map_with_index(train_transform(config, decode, scale))
-    ds = ds.batch(local, drop_remainder=True)[process_index::process_count]
-    ds = ds.to_iter_dataset(_read_options(config))
-    if config.data.num_workers > 0:
-        _enable_workers()
-        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.data.num_workers))
-    esrc, edecode = open_sr_source(config.data, config.data.eval_split, scale)
-    n = len(esrc) if not config.data.eval_examples else min(len(esrc), config.data.eval_examples)
-    ev = grain.MapDataset.source(esrc)[process_index:n:process_count]
-    ev = ev.map(eval_transform(edecode, scale)).to_iter_dataset(_read_options(config))
-    return Data(iter(ds), len(src), ev, n, None)

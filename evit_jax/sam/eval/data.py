@@ -172,7 +172,7 @@ def shapes_images(name: str = "evit_shapes", data_dir: str | None = None) -> lis
     """The validation split of the embedded dataset (`evit_shapes` or `evit_shapes/tiny`,
     built on first use under `data_dir`, default `$EVIT_DATA_DIR`) as `EvalImage`s."""
     config = name.split("/", 1)[1] if "/" in name else "default"
-    from evit_jax.train.datasets.builder import load_split
+    from evit_jax.data.shapes_tfds import load_split
     src = load_split("validation", config, data_dir)
     images, next_id = [], 1
     for i in range(len(src)):

@@ -1,4 +1,5 @@
-"""Renderer of the embedded dataset: one textured shape on a cluttered, textured background.
+"""Renderer of the embedded dataset `evit_shapes`: one textured shape on a cluttered,
+textured background (the tfds builder is `evit_jax.data.shapes_tfds`).
 
 Every image holds one foreground object of one of ten classes, drawn with a random size,
 position, rotation, colour and fill texture, on a background of procedural texture (value
@@ -22,12 +23,12 @@ CLASSES = ("circle", "ring", "triangle", "square", "star", "cross", "crescent", 
 SS = 2  # supersampling factor
 
 
-def _rotate(pts: np.ndarray, angle: float) -> np.ndarray:
+def rotate(pts: np.ndarray, angle: float) -> np.ndarray:
     c, s = math.cos(angle), math.sin(angle)
     return pts @ np.array([[c, s], [-s, c]])
 
 
-def _polygon(kind: str, rng: np.random.Generator) -> list[np.ndarray]:
+def outline(kind: str, rng: np.random.Generator) -> list[np.ndarray]:
     """Outline(s) in unit coordinates (radius ~1, centred at 0): the first is filled, any
     further ones are cut out of it."""
     t = np.linspace(0, 2 * np.pi, 64, endpoint=False)
@@ -64,7 +65,7 @@ def _polygon(kind: str, rng: np.random.Generator) -> list[np.ndarray]:
     raise ValueError(f"unknown shape {kind!r}")
 
 
-def _value_noise(rng: np.random.Generator, size: int, octaves: int = 4) -> np.ndarray:
+def value_noise(rng: np.random.Generator, size: int, octaves: int = 4) -> np.ndarray:
     """Smooth multi-octave noise in [0, 1], `[size, size]`."""
     out = np.zeros((size, size), np.float32)
     amp, total = 1.0, 0.0
@@ -80,13 +81,13 @@ def _value_noise(rng: np.random.Generator, size: int, octaves: int = 4) -> np.nd
     return out / total
 
 
-def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
+def texture(rng: np.random.Generator, size: int) -> np.ndarray:
     """A random RGB texture `[size, size, 3]` float in [0, 1]."""
     c0, c1 = rng.random(3), rng.random(3)
     kind = rng.integers(4)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     if kind == 0:  # noise between two colours
-        t = _value_noise(rng, size)
+        t = value_noise(rng, size)
     elif kind == 1:  # stripes
         a = rng.uniform(0, np.pi)
         f = rng.uniform(3, 9)
@@ -99,18 +100,18 @@ def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
         a = rng.uniform(0, 2 * np.pi)
         t = xx * np.cos(a) + yy * np.sin(a)
         t = (t - t.min()) / max(float(np.ptp(t)), 1e-6)
-    t = 0.8 * t + 0.2 * _value_noise(rng, size, 2)
+    t = 0.8 * t + 0.2 * value_noise(rng, size, 2)
     return c0 + (c1 - c0) * t[..., None]
 
 
-def _to_image(tex: np.ndarray, size: int) -> Image.Image:
+def to_image(tex: np.ndarray, size: int) -> Image.Image:
     """Float texture -> PIL RGB image of `size` (textures are made at output resolution and
     upsampled: only the edges need supersampling)."""
     img = Image.fromarray((np.clip(tex, 0, 1) * 255).astype(np.uint8))
     return img.resize((size, size), Image.BILINEAR)
 
 
-def _clutter(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: int, n: int,
+def clutter(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: int, n: int,
              erase: ImageDraw.ImageDraw | None = None) -> None:
     """Distractor strokes, arcs and dots in random colours (also cut out of `erase`'s mask:
     what covers the object is not the object)."""
@@ -133,43 +134,74 @@ def _clutter(draw: ImageDraw.ImageDraw, rng: np.random.Generator, size: int, n: 
                 getattr(d, fn)(*args, fill=c, **kw)
 
 
-def render(rng: np.random.Generator, size: int = 64) -> tuple[np.ndarray, np.ndarray, int]:
-    """One example: image `[size, size, 3]` uint8, mask `[size, size]` uint8 (class + 1 on
-    the object, 0 elsewhere), and the class index."""
-    label = int(rng.integers(len(CLASSES)))
+def background(rng: np.random.Generator, size: int) -> tuple[Image.Image, np.ndarray]:
+    """A textured, cluttered background at `size * SS` pixels, and its texture `[size, size,
+    3]` (objects are pushed away from its mean colour)."""
     big = size * SS
-    bg_tex = _texture(rng, size)
-    bg = _to_image(bg_tex, big)
-    _clutter(ImageDraw.Draw(bg), rng, big, int(rng.integers(2, 7)))
+    bg_tex = texture(rng, size)
+    bg = to_image(bg_tex, big)
+    clutter(ImageDraw.Draw(bg), rng, big, int(rng.integers(2, 7)))
+    return bg, bg_tex
 
-    radius = rng.uniform(0.28, 0.42) * big
-    centre = rng.uniform(radius * 0.8, big - radius * 0.8, 2)
+
+def paint_object(img: Image.Image, rng: np.random.Generator, label: int, bg_tex: np.ndarray,
+                 radius: float, centre: np.ndarray) -> tuple[Image.Image, Image.Image]:
+    """Paint one shape of class `label` (radius and centre in supersampled pixels, a random
+    rotation, outline width, fill and texture) onto `img`. Returns (the new image, its mask
+    as an "L" image, 255 on the shape), both at `img`'s size."""
+    big = img.size[0]
+    size = big // SS
     angle = rng.uniform(0, 2 * np.pi)
     shape = Image.new("L", (big, big), 0)
     edge = Image.new("L", (big, big), 0)
     sd, ed = ImageDraw.Draw(shape), ImageDraw.Draw(edge)
     width = int(rng.integers(1, 3)) * SS
-    for k, poly in enumerate(_polygon(CLASSES[label], rng)):
-        pts = [tuple(p) for p in _rotate(poly, angle) * radius + centre]
+    for k, poly in enumerate(outline(CLASSES[label], rng)):
+        pts = [tuple(p) for p in rotate(poly, angle) * radius + centre]
         sd.polygon(pts, fill=255 if k == 0 else 0)
         ed.line(pts + pts[:1], fill=255, width=width, joint="curve")
 
     # A base colour with a texture on top (painted, printed, striped objects).
-    fill = rng.random(3) + rng.uniform(0.15, 0.5) * (_texture(rng, size) - 0.5)
+    fill = rng.random(3) + rng.uniform(0.15, 0.5) * (texture(rng, size) - 0.5)
     # Keep the object apart from the background: push it away from the mean background colour.
     fill = fill + 0.35 * np.sign(fill.mean((0, 1)) - bg_tex.mean((0, 1)) + 1e-3)
-    img = Image.composite(_to_image(fill, big), bg, shape)
+    img = Image.composite(to_image(fill, big), img, shape)
     if rng.random() < 0.6:  # a dark outline
         dark = Image.new("RGB", (big, big), tuple(int(v) for v in rng.integers(0, 80, 3)))
         img = Image.composite(dark, img, edge)
-    _clutter(ImageDraw.Draw(img), rng, big, int(rng.integers(0, 2)), ImageDraw.Draw(shape))
+    return img, shape
 
+
+def finish(img: Image.Image, rng: np.random.Generator, size: int) -> np.ndarray:
+    """Supersampled image -> uint8 `[size, size, 3]`: Lanczos downsampling, a little blur and
+    sensor noise."""
     img = img.resize((size, size), Image.LANCZOS).filter(
         ImageFilter.GaussianBlur(rng.uniform(0.15, 0.6)))
     arr = np.asarray(img, np.float32) + rng.normal(0, rng.uniform(1, 6), (size, size, 3))
-    image = np.clip(arr, 0, 255).astype(np.uint8)
-    mask = np.asarray(shape.resize((size, size), Image.BILINEAR)) >= 128
-    return image, (mask * (label + 1)).astype(np.uint8), label
+    return np.clip(arr, 0, 255).astype(np.uint8)
+
+
+def object_mask(shape: Image.Image, size: int) -> np.ndarray:
+    """A supersampled "L" mask -> bool `[size, size]`."""
+    return np.asarray(shape.resize((size, size), Image.BILINEAR)) >= 128
+
+
+def render(rng: np.random.Generator, size: int = 64) -> tuple[np.ndarray, np.ndarray, int]:
+    """One example: image `[size, size, 3]` uint8, mask `[size, size]` uint8 (class + 1 on
+    the object, 0 elsewhere), and the class index.
+
+    Built from the steps a variant reuses (several objects: `paint_object` per object, each
+    later one cut out of the earlier masks): `background`, `paint_object`, distractors over
+    the object (`clutter` with the mask to erase from), `finish`."""
+    label = int(rng.integers(len(CLASSES)))
+    big = size * SS
+    bg, bg_tex = background(rng, size)
+    radius = rng.uniform(0.28, 0.42) * big
+    centre = rng.uniform(radius * 0.8, big - radius * 0.8, 2)
+    img, shape = paint_object(bg, rng, label, bg_tex, radius, centre)
+    clutter(ImageDraw.Draw(img), rng, big, int(rng.integers(0, 2)), ImageDraw.Draw(shape))
+    image = finish(img, rng, size)
+    return image, (object_mask(shape, size) * (label + 1)).astype(np.uint8), label
 
 
 def example_rng(seed: int, split: str, index: int) -> np.random.Generator:
